@@ -89,9 +89,7 @@ impl FromStr for Digest {
     type Err = DigestError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (algo, hex) = s
-            .split_once(':')
-            .ok_or_else(|| DigestError::MissingAlgorithm(s.to_owned()))?;
+        let (algo, hex) = s.split_once(':').ok_or_else(|| DigestError::MissingAlgorithm(s.to_owned()))?;
         let algorithm = match algo {
             "sha256" => Algorithm::Sha256,
             "sha512" => Algorithm::Sha512,

@@ -1,0 +1,101 @@
+//! The registry's metadata store: repositories, tags, manifests, index children, blob links,
+//! referrers and upload sessions.
+//!
+//! One code path serves SQLite (the embedded default) and PostgreSQL (several `wharf serve`
+//! replicas sharing one database): every query goes through [`sqlx::any`] with `$1, $2`
+//! placeholders. Only the DDL differs between the backends (`BLOB` vs `BYTEA`, `COLLATE "C"` on
+//! PostgreSQL so that text sorts bytewise as it does on SQLite); it lives in versioned SQL files
+//! under `migrations/`, embedded in the binary and applied at [`MetadataStore::connect`].
+//!
+//! Presence of an index's children is never stored: [`MetadataStore::index_children`] derives it
+//! with a join against the manifests of the repository at query time, so a child becomes present
+//! whenever its manifest is put, before or after the index, and absent again when it is deleted.
+
+mod migrate;
+mod store;
+
+pub use store::MetadataStore;
+
+use wharf_oci::{Digest, RepoName, Tag};
+
+/// Errors of the metadata store.
+#[derive(thiserror::Error, Debug)]
+pub enum MetadataError {
+    #[error("metadata database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("metadata database holds invalid data: {0}")]
+    Corrupt(String),
+    #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://...")]
+    BadUrl(String),
+}
+
+pub type Result<T> = std::result::Result<T, MetadataError>;
+
+/// One descriptor listed by an index (image index or Docker manifest list), as recorded when the
+/// index is put. Recorded whether or not the child manifest is in the registry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChildRecord {
+    /// Position of the descriptor in the index's `manifests` array.
+    pub position: u32,
+    pub digest: Digest,
+    pub media_type: String,
+    pub size: u64,
+    /// Normalised `os/arch[/variant]`, if the descriptor has a platform.
+    pub platform: Option<String>,
+    /// The raw platform object as JSON.
+    pub platform_json: Option<String>,
+    pub artifact_type: Option<String>,
+    pub annotations_json: Option<String>,
+}
+
+/// A manifest to put, with everything derived from parsing it.
+#[derive(Clone, Copy, Debug)]
+pub struct NewManifest<'a> {
+    pub repo: &'a RepoName,
+    pub digest: &'a Digest,
+    pub media_type: &'a str,
+    /// The exact bytes received; stored and served unchanged.
+    pub content: &'a [u8],
+    pub subject: Option<&'a Digest>,
+    pub artifact_type: Option<&'a str>,
+    pub annotations_json: Option<&'a str>,
+    /// Config and layers, with their sizes. These blobs are linked to the repository too.
+    pub blob_refs: &'a [(Digest, u64)],
+    /// For an index: its children. Empty for an image manifest.
+    pub children: &'a [ChildRecord],
+    /// Tag to point at this manifest, in the same transaction.
+    pub tag: Option<&'a Tag>,
+}
+
+/// A manifest as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredManifest {
+    pub digest: Digest,
+    pub media_type: String,
+    pub content: Vec<u8>,
+}
+
+/// A manifest whose `subject` is a given manifest (OCI referrers API).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Referrer {
+    pub digest: Digest,
+    pub media_type: String,
+    pub size: u64,
+    pub artifact_type: Option<String>,
+    pub annotations_json: Option<String>,
+}
+
+/// A child of an index with its presence in the repository, derived at query time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChildPresence {
+    pub position: u32,
+    pub digest: Digest,
+    pub media_type: String,
+    pub size: u64,
+    pub platform: Option<String>,
+    pub platform_json: Option<String>,
+    pub artifact_type: Option<String>,
+    pub annotations_json: Option<String>,
+    /// A manifest with this digest exists in the repository.
+    pub present: bool,
+}

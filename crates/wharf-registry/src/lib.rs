@@ -1,0 +1,13 @@
+//! Wharf's registry operations: blobs, uploads, manifests, index policy and presence.
+//!
+//! This layer knows OCI semantics and nothing of HTTP; `wharf-server` translates.
+
+pub mod error;
+pub mod policy;
+pub mod registry;
+pub mod report;
+
+pub use error::{MissingChild, RegistryError, Result};
+pub use policy::{IndexPolicy, IndexRule, RepoPattern};
+pub use registry::{MountOutcome, PushedManifest, Registry, RegistryConfig};
+pub use report::{ChildReport, IndexReport};

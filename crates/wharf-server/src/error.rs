@@ -1,0 +1,113 @@
+//! The one table that maps registry errors to HTTP status and OCI error code, and the
+//! spec's JSON error body.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use wharf_oci::ErrorCode;
+use wharf_registry::RegistryError;
+
+/// One entry of `{"errors":[…]}`.
+#[derive(Debug, serde::Serialize)]
+pub struct ErrorEntry {
+    pub code: &'static str,
+    pub message: String,
+    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
+    pub detail: serde_json::Value,
+}
+
+/// An error response: status plus one or more entries.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub errors: Vec<ErrorEntry>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            errors: vec![ErrorEntry {
+                code: code.as_str(),
+                message: message.into(),
+                detail: serde_json::Value::Null,
+            }],
+        }
+    }
+
+    pub fn unsupported(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, ErrorCode::Unsupported, message)
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> ApiError {
+        use RegistryError as E;
+        let (status, code) = match &e {
+            E::NameUnknown(_) => (StatusCode::NOT_FOUND, ErrorCode::NameUnknown),
+            E::BlobUnknown { .. } => (StatusCode::NOT_FOUND, ErrorCode::BlobUnknown),
+            E::UploadUnknown(_) => (StatusCode::NOT_FOUND, ErrorCode::BlobUploadUnknown),
+            E::UploadInvalid(_) => (StatusCode::BAD_REQUEST, ErrorCode::BlobUploadInvalid),
+            E::RangeInvalid(_) => (StatusCode::RANGE_NOT_SATISFIABLE, ErrorCode::BlobUploadInvalid),
+            E::DigestInvalid(_) => (StatusCode::BAD_REQUEST, ErrorCode::DigestInvalid),
+            E::SizeInvalid(_) => (StatusCode::BAD_REQUEST, ErrorCode::SizeInvalid),
+            E::ManifestUnknown { .. } => (StatusCode::NOT_FOUND, ErrorCode::ManifestUnknown),
+            E::ManifestInvalid(_) => (StatusCode::BAD_REQUEST, ErrorCode::ManifestInvalid),
+            E::ManifestTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::ManifestInvalid),
+            E::ManifestBlobUnknown { .. } => (StatusCode::BAD_REQUEST, ErrorCode::ManifestBlobUnknown),
+            E::IndexChildrenMissing { .. } => (StatusCode::BAD_REQUEST, ErrorCode::ManifestBlobUnknown),
+            E::Unsupported(_) => (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::Unsupported),
+            E::Storage(_) | E::Metadata(_) => {
+                tracing::error!(error = %e, "internal error");
+                return ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    ErrorCode::Unsupported,
+                    "internal storage error; the server log has the details",
+                );
+            }
+        };
+        let errors = match e {
+            // One entry per missing child, each naming its platform: clients print these.
+            E::IndexChildrenMissing { policy, missing } => missing
+                .into_iter()
+                .map(|m| {
+                    let platform = m.platform.clone().unwrap_or_else(|| "(no platform)".into());
+                    ErrorEntry {
+                        code: code.as_str(),
+                        message: format!(
+                            "index child for platform {platform} ({}) is not in this repository, \
+                             and its index policy ({policy}) requires it: push that manifest first, \
+                             or ask the registry admin to allow sparse indexes here",
+                            m.digest
+                        ),
+                        detail: serde_json::json!({
+                            "digest": m.digest,
+                            "platform": m.platform,
+                            "mediaType": m.media_type,
+                            "policy": policy,
+                        }),
+                    }
+                })
+                .collect(),
+            E::ManifestBlobUnknown { ref digest, .. } => vec![ErrorEntry {
+                code: code.as_str(),
+                message: e.to_string(),
+                detail: serde_json::json!({ "digest": digest }),
+            }],
+            other => vec![ErrorEntry {
+                code: code.as_str(),
+                message: other.to_string(),
+                detail: serde_json::Value::Null,
+            }],
+        };
+        ApiError { status, errors }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "errors": self.errors });
+        let mut resp = (self.status, body.to_string()).into_response();
+        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        resp
+    }
+}

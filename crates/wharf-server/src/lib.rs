@@ -1,0 +1,182 @@
+//! Wharf's HTTP front: the OCI Distribution API over axum.
+//!
+//! Handlers are thin: parse the request into OCI types, call `wharf_registry::Registry`,
+//! turn the result into a response. Storage is never touched from here.
+
+mod blobs;
+mod discovery;
+pub mod error;
+mod manifests;
+mod wharf_ext;
+
+use std::future::Future;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use futures_util::TryStreamExt;
+use wharf_oci::{ErrorCode, Route, RouteError};
+use wharf_registry::Registry;
+use wharf_storage::BodyStream;
+
+pub use error::ApiError;
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub registry: Registry,
+}
+
+pub type ApiResult = Result<Response, ApiError>;
+
+pub const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
+pub const CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
+pub const UPLOAD_UUID: HeaderName = HeaderName::from_static("docker-upload-uuid");
+pub const SPARSE_SUPPORT: HeaderName = HeaderName::from_static("x-sparse-manifest-support");
+pub const OCI_SUBJECT: HeaderName = HeaderName::from_static("oci-subject");
+pub const OCI_FILTERS_APPLIED: HeaderName = HeaderName::from_static("oci-filters-applied");
+
+/// The whole API as a router.
+pub fn router(registry: Registry) -> Router {
+    Router::new().fallback(dispatch).with_state(AppState { registry })
+}
+
+/// Serve until `shutdown` resolves, then finish in-flight requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    registry: Registry,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(registry)).with_graceful_shutdown(shutdown).await
+}
+
+/// Routes are recognised by `wharf_oci::Route` (repository names contain slashes, which
+/// path-template routers cannot express), then dispatched by method.
+async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let result = match Route::parse(&path) {
+        Ok(route) => handle(&state, route, req).await,
+        Err(RouteError::NotFound) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NameUnknown,
+            format!("no endpoint at {path}"),
+        )),
+        Err(RouteError::Name(e)) => {
+            Err(ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::NameInvalid, e.to_string()))
+        }
+        Err(RouteError::Digest(e)) => {
+            Err(ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::DigestInvalid, e.to_string()))
+        }
+    };
+    let mut resp = result.unwrap_or_else(IntoResponse::into_response);
+    if method == Method::HEAD {
+        // HEAD carries the headers of GET but never a body (errors included).
+        *resp.body_mut() = Body::empty();
+    }
+    resp.headers_mut().insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
+    resp
+}
+
+async fn handle(state: &AppState, route: Route, req: Request) -> ApiResult {
+    let reg = &state.registry;
+    let method = req.method().clone();
+    // Request bodies are not Sync: handlers that await get the URI, not `&Request`.
+    let uri = req.uri().clone();
+    match (route, method) {
+        (Route::Base, Method::GET | Method::HEAD) => Ok(base(reg)),
+        (Route::Catalog, Method::GET) => discovery::catalog(reg, &uri).await,
+        (Route::Tags(repo), Method::GET) => discovery::tags(reg, &repo, &uri).await,
+        (Route::Referrers(repo, digest), Method::GET) => {
+            discovery::referrers(reg, &repo, &digest, &uri).await
+        }
+        (Route::Manifest(repo, r), Method::GET) => manifests::get(reg, &repo, &r, true).await,
+        (Route::Manifest(repo, r), Method::HEAD) => manifests::get(reg, &repo, &r, false).await,
+        (Route::Manifest(repo, r), Method::PUT) => manifests::put(reg, &repo, &r, req).await,
+        (Route::Manifest(repo, r), Method::DELETE) => manifests::delete(reg, &repo, &r).await,
+        (Route::Blob(repo, d), Method::GET) => blobs::get(reg, &repo, &d, req.headers(), true).await,
+        (Route::Blob(repo, d), Method::HEAD) => blobs::get(reg, &repo, &d, req.headers(), false).await,
+        (Route::Blob(repo, d), Method::DELETE) => blobs::delete(reg, &repo, &d).await,
+        (Route::UploadStart(repo), Method::POST) => blobs::start_upload(reg, &repo, req).await,
+        (Route::Upload(repo, id), Method::GET) => blobs::upload_status(reg, &repo, &id).await,
+        (Route::Upload(repo, id), Method::PATCH) => blobs::patch_upload(reg, &repo, &id, req).await,
+        (Route::Upload(repo, id), Method::PUT) => blobs::finish_upload(reg, &repo, &id, req).await,
+        (Route::Upload(repo, id), Method::DELETE) => blobs::cancel_upload(reg, &repo, &id).await,
+        (Route::Extension(repo, rest), Method::GET) => wharf_ext::get(reg, &repo, &rest).await,
+        (route, method) => {
+            Err(ApiError::unsupported(format!("{method} is not supported on {}", describe(&route))))
+        }
+    }
+}
+
+fn describe(route: &Route) -> &'static str {
+    match route {
+        Route::Base => "/v2/",
+        Route::Catalog => "the catalog",
+        Route::Tags(_) => "the tags list",
+        Route::Manifest(..) => "manifests",
+        Route::Blob(..) => "blobs",
+        Route::UploadStart(_) | Route::Upload(..) => "blob uploads",
+        Route::Referrers(..) => "referrers",
+        Route::Extension(..) => "Wharf extensions",
+    }
+}
+
+fn base(reg: &Registry) -> Response {
+    let mut resp = (StatusCode::OK, [("content-type", "application/json")], "{}").into_response();
+    let sparse = if reg.sparse_supported() { "true" } else { "false" };
+    resp.headers_mut().insert(SPARSE_SUPPORT, HeaderValue::from_static(sparse));
+    resp
+}
+
+/// A request body as the storage layer's stream type.
+pub(crate) fn body_stream(body: Body) -> BodyStream {
+    Box::pin(body.into_data_stream().map_err(std::io::Error::other))
+}
+
+pub(crate) fn header_str<'a>(
+    headers: &'a HeaderMap,
+    name: impl axum::http::header::AsHeaderName,
+) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Query parameters, percent-decoded.
+pub(crate) fn query_params(uri: &Uri) -> Vec<(String, String)> {
+    let q = uri.query().unwrap_or("");
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+pub(crate) fn query_param(uri: &Uri, key: &str) -> Option<String> {
+    query_params(uri).into_iter().find(|(k, _)| k == key).map(|(_, v)| v)
+}
+
+/// `%XX` decoding. `+` stays a plus: media types such as `application/spdx+json`
+/// arrive unencoded in `artifactType`.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        match (b[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

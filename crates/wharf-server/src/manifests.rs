@@ -1,0 +1,62 @@
+//! Manifest GET/HEAD/PUT/DELETE. Bytes go in and out exactly as received.
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use wharf_oci::{MAX_MANIFEST_BYTES, Reference, RepoName};
+use wharf_registry::{Registry, RegistryError};
+
+use crate::{ApiResult, CONTENT_DIGEST, OCI_SUBJECT, header_str};
+
+fn hv(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+fn manifest_response(digest: &str, media_type: &str, len: u64, body: Body) -> Response {
+    let mut resp = (StatusCode::OK, body).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, hv(media_type));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert(CONTENT_DIGEST, hv(digest));
+    h.insert(header::ETAG, hv(&format!("\"{digest}\"")));
+    resp
+}
+
+pub async fn get(reg: &Registry, repo: &RepoName, reference: &Reference, with_body: bool) -> ApiResult {
+    if !with_body {
+        let (digest, media_type, size) = reg.stat_manifest(repo, reference).await?;
+        return Ok(manifest_response(&digest.to_string(), &media_type, size, Body::empty()));
+    }
+    let m = reg.get_manifest(repo, reference).await?;
+    let len = m.content.len() as u64;
+    Ok(manifest_response(&m.digest.to_string(), &m.media_type, len, Body::from(m.content)))
+}
+
+pub async fn put(reg: &Registry, repo: &RepoName, reference: &Reference, req: Request) -> ApiResult {
+    let content_type = header_str(req.headers(), header::CONTENT_TYPE).map(str::to_owned);
+    let declared = header_str(req.headers(), header::CONTENT_LENGTH).and_then(|l| l.parse::<usize>().ok());
+    if let Some(n) = declared
+        && n > MAX_MANIFEST_BYTES
+    {
+        return Err(RegistryError::ManifestTooLarge(n).into());
+    }
+    let bytes = axum::body::to_bytes(req.into_body(), MAX_MANIFEST_BYTES + 1)
+        .await
+        .map_err(|_| RegistryError::ManifestTooLarge(MAX_MANIFEST_BYTES + 1))?;
+    let pushed = reg.put_manifest(repo, reference, content_type.as_deref(), &bytes).await?;
+    let mut resp = StatusCode::CREATED.into_response();
+    let h = resp.headers_mut();
+    h.insert(header::LOCATION, hv(&format!("/v2/{repo}/manifests/{}", pushed.digest)));
+    h.insert(CONTENT_DIGEST, hv(&pushed.digest.to_string()));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+    if let Some(subject) = pushed.subject {
+        h.insert(OCI_SUBJECT, hv(&subject.to_string()));
+    }
+    Ok(resp)
+}
+
+pub async fn delete(reg: &Registry, repo: &RepoName, reference: &Reference) -> ApiResult {
+    reg.delete_manifest(repo, reference).await?;
+    Ok(StatusCode::ACCEPTED.into_response())
+}

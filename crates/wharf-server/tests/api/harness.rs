@@ -1,0 +1,183 @@
+//! Starts a real Wharf server in-process on 127.0.0.1:0 and talks to it over HTTP.
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use wharf_metadata::MetadataStore;
+use wharf_oci::Digest;
+use wharf_registry::{Registry, RegistryConfig};
+use wharf_storage::BlobStore;
+
+#[derive(Clone, Copy, Debug)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub struct Server {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub registry: Registry,
+    _dir: tempfile::TempDir,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub fn postgres_url() -> String {
+    std::env::var("WHARF_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+impl Server {
+    pub async fn start(backend: Backend) -> Server {
+        Server::start_with(backend, RegistryConfig::default()).await
+    }
+
+    pub async fn start_with(backend: Backend, config: RegistryConfig) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = BlobStore::open(dir.path().join("storage")).await.unwrap();
+        let meta = match backend {
+            Backend::Sqlite => {
+                MetadataStore::connect(&format!("sqlite://{}?mode=rwc", dir.path().join("meta.db").display()))
+                    .await
+                    .unwrap()
+            }
+            Backend::Postgres => MetadataStore::connect_postgres_isolated(&postgres_url())
+                .await
+                .expect("PostgreSQL must be reachable for the postgres tests (set WHARF_TEST_POSTGRES)"),
+        };
+        let registry = Registry::new(blobs, meta, config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let reg = registry.clone();
+        tokio::spawn(async move {
+            wharf_server::serve(listener, reg, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        Server {
+            base: format!("http://{addr}"),
+            client: reqwest::Client::new(),
+            registry,
+            _dir: dir,
+            shutdown: Some(tx),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn req(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let url = if path.starts_with("http") { path.to_owned() } else { self.url(path) };
+        self.client.request(method, url)
+    }
+
+    /// Push a blob monolithically (POST ?digest=).
+    pub async fn push_blob(&self, repo: &str, bytes: &[u8]) -> Digest {
+        let digest = Digest::sha256_of(bytes);
+        let resp = self
+            .req(Method::POST, &format!("/v2/{repo}/blobs/uploads/?digest={digest}"))
+            .header("content-type", "application/octet-stream")
+            .body(bytes.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED, "{}", resp.text().await.unwrap());
+        digest
+    }
+
+    pub async fn put_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+        bytes: &[u8],
+    ) -> reqwest::Response {
+        self.req(Method::PUT, &format!("/v2/{repo}/manifests/{reference}"))
+            .header("content-type", media_type)
+            .body(bytes.to_vec())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.req(Method::GET, path).send().await.unwrap()
+    }
+}
+
+/// Assert an OCI error response: status, and the code of every entry.
+pub async fn expect_error(resp: reqwest::Response, status: StatusCode, code: &str) -> Value {
+    let got = resp.status();
+    let text = resp.text().await.unwrap();
+    assert_eq!(got, status, "body: {text}");
+    let body: Value =
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("error body is not JSON: {text}"));
+    let errors = body["errors"].as_array().unwrap_or_else(|| panic!("no errors array: {text}"));
+    assert!(!errors.is_empty(), "{text}");
+    for e in errors {
+        assert_eq!(e["code"], code, "{text}");
+        assert!(!e["message"].as_str().unwrap_or("").is_empty(), "{text}");
+    }
+    body
+}
+
+/// A small image: config + one layer pushed to `repo`, and its manifest bytes (not pushed).
+pub struct TestImage {
+    pub manifest: Vec<u8>,
+    pub digest: Digest,
+    pub media_type: &'static str,
+    pub blobs: Vec<Digest>,
+}
+
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+pub async fn image(server: &Server, repo: &str, seed: &str, platform: (&str, &str)) -> TestImage {
+    let config = format!(
+        r#"{{"architecture":"{}","os":"{}","rootfs":{{"type":"layers","diff_ids":[]}},"seed":"{seed}"}}"#,
+        platform.1, platform.0
+    );
+    let layer = format!("layer of {seed}").into_bytes();
+    let c = server.push_blob(repo, config.as_bytes()).await;
+    let l = server.push_blob(repo, &layer).await;
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{c}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{l}","size":{}}}]}}"#,
+        config.len(),
+        layer.len()
+    )
+    .into_bytes();
+    TestImage { digest: Digest::sha256_of(&manifest), manifest, media_type: OCI_MANIFEST, blobs: vec![c, l] }
+}
+
+/// An index over `children` given as (image, "os/arch[/variant]").
+pub fn index(children: &[(&TestImage, &str)]) -> (Vec<u8>, Digest) {
+    let entries: Vec<String> = children
+        .iter()
+        .map(|(img, p)| {
+            let parts: Vec<&str> = p.split('/').collect();
+            let variant = parts.get(2).map(|v| format!(r#","variant":"{v}""#)).unwrap_or_default();
+            format!(
+                r#"{{"mediaType":"{}","digest":"{}","size":{},"platform":{{"os":"{}","architecture":"{}"{variant}}}}}"#,
+                img.media_type,
+                img.digest,
+                img.manifest.len(),
+                parts[0],
+                parts[1]
+            )
+        })
+        .collect();
+    let body =
+        format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{}]}}"#, entries.join(","));
+    let digest = Digest::sha256_of(body.as_bytes());
+    (body.into_bytes(), digest)
+}

@@ -1,0 +1,21 @@
+//! The registry over real HTTP: every endpoint of the distribution spec, its error
+//! cases, and Wharf's index policies. Each test runs against SQLite and PostgreSQL.
+
+mod harness;
+mod protocol;
+mod sparse;
+
+/// Instantiate async test fns `fn(Backend)` once per metadata backend.
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { super::$name($crate::harness::Backend::Sqlite).await } )*
+        }
+        mod postgres {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { super::$name($crate::harness::Backend::Postgres).await } )*
+        }
+    };
+}

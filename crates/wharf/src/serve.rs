@@ -1,0 +1,130 @@
+//! `wharf serve`: open the stores, build the registry, serve until a signal.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use wharf_metadata::MetadataStore;
+use wharf_registry::Registry;
+use wharf_storage::BlobStore;
+
+use crate::config::{ServerFile, registry_config};
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// TOML configuration file; flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:5000].
+    #[arg(long)]
+    addr: Option<String>,
+    /// Directory for blobs, uploads and the embedded SQLite database [default: ./wharf-data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Default index policy for repositories no pattern matches.
+    #[arg(long, value_parser = ["complete", "sparse"])]
+    index_policy: Option<String>,
+    /// Metadata database: sqlite://PATH or postgres://... [default: SQLite in the data dir].
+    #[arg(long)]
+    database: Option<String>,
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let file = match &args.config {
+        Some(path) => ServerFile::load(path)?,
+        None => ServerFile::default(),
+    };
+    let addr = args.addr.or(file.addr.clone()).unwrap_or_else(|| "127.0.0.1:5000".into());
+    let data_dir = args.data_dir.or(file.data_dir.clone()).unwrap_or_else(|| "./wharf-data".into());
+    let config = registry_config(&file, args.index_policy.as_deref())?;
+
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    let database = match args.database.or(file.database.clone()) {
+        Some(url) => url,
+        None => format!("sqlite://{}?mode=rwc", data_dir.join("metadata.db").display()),
+    };
+    let blobs = BlobStore::open(data_dir.join("storage")).await.context("opening blob storage")?;
+    let meta = MetadataStore::connect(&database)
+        .await
+        .with_context(|| format!("opening metadata database ({})", redact(&database)))?;
+
+    let policy = &config.index_policy;
+    if policy.any_sparse() {
+        let mut where_ = Vec::new();
+        if policy.default.allows_sparse() {
+            where_.push(format!("by default ({})", policy.default.describe()));
+        }
+        for (pattern, rule) in &policy.repositories {
+            if rule.allows_sparse() {
+                where_.push(format!("{} ({})", pattern.as_str(), rule.describe()));
+            }
+        }
+        tracing::warn!(
+            "sparse indexes are accepted in: {}; absent platforms are reported by /v2/<name>/_wharf/index/<ref>",
+            where_.join(", ")
+        );
+    }
+    let registry = Registry::new(blobs, meta, config);
+
+    let expiry = Duration::from_secs(3600 * file.upload_expiry_hours.unwrap_or(24));
+    tokio::spawn(expire_uploads(registry.clone(), expiry));
+
+    let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
+    tracing::info!(addr = %listener.local_addr()?, data_dir = %data_dir.display(), metadata = %redact(&database), "wharf registry listening");
+    wharf_server::serve(listener, registry, shutdown_signal()).await?;
+    tracing::info!("shut down cleanly");
+    Ok(())
+}
+
+/// Hide a password in a database URL before it reaches a log line.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let userinfo = &url[s + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{}:***{}", &url[..s + 3], user, &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+async fn expire_uploads(registry: Registry, older_than: Duration) {
+    let mut tick = tokio::time::interval(Duration::from_secs(600));
+    loop {
+        tick.tick().await;
+        match registry.expire_uploads(older_than).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "expired abandoned uploads"),
+            Err(e) => tracing::warn!(error = %e, "expiring uploads failed"),
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("signal received; finishing in-flight requests");
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(super::redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(super::redact("sqlite://x.db"), "sqlite://x.db");
+    }
+}
