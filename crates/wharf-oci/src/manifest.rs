@@ -41,6 +41,8 @@ struct RawManifest {
     annotations: Option<BTreeMap<String, String>>,
 }
 
+// One value per pushed manifest, never stored in bulk: the size difference does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ManifestKind {
     /// An image manifest (OCI or Docker schema2): a config and layers.

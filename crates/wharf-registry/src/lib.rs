@@ -10,4 +10,4 @@ pub mod report;
 pub use error::{MissingChild, RegistryError, Result};
 pub use policy::{IndexPolicy, IndexRule, RepoPattern};
 pub use registry::{MountOutcome, PushedManifest, Registry, RegistryConfig};
-pub use report::{ChildReport, IndexReport};
+pub use report::{ChildReport, IndexReport, ReferrerReport};

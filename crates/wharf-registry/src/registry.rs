@@ -10,7 +10,7 @@ use wharf_storage::{BlobRead, BlobStore, BodyStream};
 
 use crate::error::{MissingChild, RegistryError, Result};
 use crate::policy::{IndexPolicy, IndexRule};
-use crate::report::{ChildReport, IndexReport};
+use crate::report::{ChildReport, IndexReport, ReferrerReport};
 
 /// Settings that change what the registry accepts.
 #[derive(Debug, Clone, Default)]
@@ -479,6 +479,17 @@ impl Registry {
         Ok(serde_json::to_vec(&index).unwrap_or_default())
     }
 
+    async fn referrer_reports(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<ReferrerReport>> {
+        Ok(self
+            .inner
+            .meta
+            .referrers(repo, subject)
+            .await?
+            .into_iter()
+            .map(|r| ReferrerReport { digest: r.digest, artifact_type: r.artifact_type, size: r.size })
+            .collect())
+    }
+
     // ---- presence ----------------------------------------------------------------------
 
     /// Which children of an index are here, what they weigh, and what the whole would.
@@ -492,14 +503,17 @@ impl Registry {
             } else {
                 None
             };
-            reports.push(ChildReport::from_presence(child, stored_bytes));
+            let referrers = self.referrer_reports(repo, &child.digest).await?;
+            reports.push(ChildReport::from_presence(child, stored_bytes, referrers));
         }
+        let referrers = self.referrer_reports(repo, &digest).await?;
         Ok(IndexReport::new(
             repo.clone(),
             digest,
             media_type,
             size,
             self.index_rule(repo).describe(),
+            referrers,
             reports,
         ))
     }

@@ -21,10 +21,26 @@ pub struct ChildReport {
     pub attestation_for: Option<Digest>,
     #[serde(rename = "artifactType", skip_serializing_if = "Option::is_none")]
     pub artifact_type: Option<String>,
+    /// Signatures, SBOMs and attestations stored here whose subject is this child.
+    #[serde(default)]
+    pub referrers: Vec<ReferrerReport>,
+}
+
+/// A manifest whose `subject` is an index or one of its children.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ReferrerReport {
+    pub digest: Digest,
+    #[serde(rename = "artifactType", skip_serializing_if = "Option::is_none")]
+    pub artifact_type: Option<String>,
+    pub size: u64,
 }
 
 impl ChildReport {
-    pub fn from_presence(child: ChildPresence, stored_bytes: Option<u64>) -> ChildReport {
+    pub fn from_presence(
+        child: ChildPresence,
+        stored_bytes: Option<u64>,
+        referrers: Vec<ReferrerReport>,
+    ) -> ChildReport {
         let attestation_for = child
             .annotations_json
             .as_deref()
@@ -40,6 +56,7 @@ impl ChildReport {
             stored_bytes,
             attestation_for,
             artifact_type: child.artifact_type,
+            referrers,
         }
     }
 }
@@ -52,6 +69,8 @@ pub struct IndexReport {
     pub media_type: String,
     /// The repository's index policy, e.g. `sparse` or `require [linux/amd64]`.
     pub policy: String,
+    /// Referrers of the index itself.
+    pub referrers: Vec<ReferrerReport>,
     pub children: Vec<ChildReport>,
     pub present_children: usize,
     pub absent_children: usize,
@@ -70,6 +89,7 @@ impl IndexReport {
         media_type: String,
         size: u64,
         policy: String,
+        referrers: Vec<ReferrerReport>,
         children: Vec<ChildReport>,
     ) -> IndexReport {
         let present: Vec<&ChildReport> = children.iter().filter(|c| c.present).collect();
@@ -82,6 +102,7 @@ impl IndexReport {
             digest,
             media_type,
             policy,
+            referrers,
             present_children: present.len(),
             absent_children: absent,
             present_bytes,

@@ -1,0 +1,246 @@
+#!/usr/bin/env bash
+# Wharf vs CNCF distribution 2.8 (Debian's docker-registry), side by side on loopback:
+#   - monolithic push of a fresh random blob (POST + PUT ?digest=), MB/s, and the server's
+#     peak RSS (VmHWM) during it;
+#   - pull of that blob, MB/s;
+#   - GET of a small image manifest with wrk (-t2 -c32), requests/s;
+#   - the machine's limits in the same run: openssl sha256 of the blob, dd write with fsync.
+# Each registry runs alone (one after the other) and receives a blob it has never seen.
+#
+# usage: bench/registry.sh [path-to-wharf-binary]     (default target/release/wharf, built
+#                                                      with `cargo build --release -p wharf`
+#                                                      when missing; skipped if unavailable)
+# env:   BENCH_BLOB_MIB (default 1024), BENCH_WRK_SECONDS (default 10), TMPDIR
+# MB = 1,000,000 bytes; MiB = 1,048,576 bytes.
+set -euo pipefail
+
+# A wharf path given relative to the caller's directory still works after the cd below.
+if [ "$#" -gt 0 ]; then WHARF_ARG="$(readlink -m -- "$1")"; fi
+cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.."
+
+BLOB_MIB="${BENCH_BLOB_MIB:-1024}"
+WRK_SECONDS="${BENCH_WRK_SECONDS:-10}"
+BLOB_BYTES=$((BLOB_MIB * 1024 * 1024))
+WHARF_BIN="${WHARF_ARG:-target/release/wharf}"
+MANIFEST_TYPE="application/vnd.oci.image.manifest.v1+json"
+
+for c in docker-registry curl wrk openssl dd awk ss; do
+    command -v "$c" >/dev/null || { echo "bench needs $c (run .ci/run to install)" >&2; exit 1; }
+done
+
+TMP="$(mktemp -d "${TMPDIR:-/tmp}/wharf-bench.XXXXXX")"
+SERVER_PID=""
+stop_server() {
+    if [ -n "$SERVER_PID" ]; then
+        kill "$SERVER_PID" 2>/dev/null || true
+        wait "$SERVER_PID" 2>/dev/null || true
+        SERVER_PID=""
+    fi
+}
+cleanup() { stop_server; rm -rf "$TMP"; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+log() { printf '%s\n' "$*" >&2; }
+now() { date +%s.%N; }
+mbps() { awk -v b="$1" -v t="$2" 'BEGIN { if (t > 0) printf "%.0f", b / t / 1e6; else print "n/a" }'; }
+
+free_port() {
+    local p
+    for _ in $(seq 1 100); do
+        p=$((20000 + RANDOM % 40000))
+        if [ -z "$(ss -Hltn "sport = :$p" 2>/dev/null)" ]; then echo "$p"; return; fi
+    done
+    log "no free port found"; exit 1
+}
+
+# Free space: two blobs, one stored copy at a time (plus its upload), the dd file.
+need_kib=$(( (BLOB_MIB * 5 + 256) * 1024 ))
+have_kib="$(df -Pk "$TMP" | awk 'NR == 2 { print $4 }')"
+if [ "$have_kib" -lt "$need_kib" ]; then
+    log "not enough space in $TMP: need $((need_kib / 1024)) MiB, have $((have_kib / 1024)) MiB"
+    exit 1
+fi
+
+# --- the wharf binary --------------------------------------------------------------------------
+RUN_WHARF=1
+if [ ! -x "$WHARF_BIN" ]; then
+    if [ "$#" -eq 0 ] && [ -f crates/wharf/Cargo.toml ]; then
+        log "building wharf (cargo build --release -p wharf)..."
+        cargo build --release -p wharf >&2 || RUN_WHARF=""
+    else
+        RUN_WHARF=""
+    fi
+    [ -x "$WHARF_BIN" ] || RUN_WHARF=""
+fi
+[ -n "$RUN_WHARF" ] || log "wharf binary $WHARF_BIN not available: measuring distribution only"
+
+# --- test data and machine limits -------------------------------------------------------------
+log "generating ${BLOB_MIB} MiB random blobs..."
+head -c "$BLOB_BYTES" /dev/urandom > "$TMP/blob-distribution"
+[ -z "$RUN_WHARF" ] || head -c "$BLOB_BYTES" /dev/urandom > "$TMP/blob-wharf"
+
+declare -A DIGEST
+t0="$(now)"
+DIGEST[distribution]="sha256:$(openssl dgst -sha256 -r "$TMP/blob-distribution" | cut -d' ' -f1)"
+t1="$(now)"
+SHA_MBPS="$(mbps "$BLOB_BYTES" "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')")"
+[ -z "$RUN_WHARF" ] || DIGEST[wharf]="sha256:$(openssl dgst -sha256 -r "$TMP/blob-wharf" | cut -d' ' -f1)"
+
+log "measuring dd write with fsync..."
+t0="$(now)"
+dd if=/dev/zero of="$TMP/dd" bs=1M count="$BLOB_MIB" conv=fsync status=none
+t1="$(now)"
+rm -f "$TMP/dd"
+DD_MBPS="$(mbps "$BLOB_BYTES" "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')")"
+
+# A small single-platform image: config + one layer.
+mkdir -p "$TMP/img/rootfs"
+echo "wharf bench" > "$TMP/img/rootfs/hello"
+tar -C "$TMP/img/rootfs" --owner=0 --group=0 --mtime=@0 -cf "$TMP/img/layer.tar" hello
+gzip -n -c "$TMP/img/layer.tar" > "$TMP/img/layer.tar.gz"
+diff_id="sha256:$(openssl dgst -sha256 -r "$TMP/img/layer.tar" | cut -d' ' -f1)"
+printf '{"architecture":"amd64","os":"linux","config":{},"rootfs":{"type":"layers","diff_ids":["%s"]}}' \
+    "$diff_id" > "$TMP/img/config.json"
+file_digest() { echo "sha256:$(openssl dgst -sha256 -r "$1" | cut -d' ' -f1)"; }
+file_size() { stat -c %s "$1"; }
+cfg_digest="$(file_digest "$TMP/img/config.json")"
+layer_digest="$(file_digest "$TMP/img/layer.tar.gz")"
+printf '{"schemaVersion":2,"mediaType":"%s","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"%s","size":%s}]}' \
+    "$MANIFEST_TYPE" "$cfg_digest" "$(file_size "$TMP/img/config.json")" \
+    "$layer_digest" "$(file_size "$TMP/img/layer.tar.gz")" > "$TMP/img/manifest.json"
+
+# --- registry helpers -------------------------------------------------------------------------
+wait_ready() { # addr
+    for _ in $(seq 1 300); do
+        if [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://$1/v2/" || true)" = 200 ]; then
+            return 0
+        fi
+        kill -0 "$SERVER_PID" 2>/dev/null || { log "server exited at start"; return 1; }
+        sleep 0.1
+    done
+    log "server did not answer GET /v2/ within 30 s"; return 1
+}
+
+# POST an upload, then PUT the whole file with ?digest=. Prints "HTTP_CODE SECONDS" of the PUT.
+push_blob() { # addr repo file digest
+    local addr="$1" repo="$2" file="$3" digest="$4" loc sep
+    loc="$(curl -sS -o /dev/null -D - --max-time 30 -X POST "http://$addr/v2/$repo/blobs/uploads/" \
+        | awk 'tolower($1) == "location:" { print $2 }' | tr -d '\r')"
+    [ -n "$loc" ] || { log "upload POST to $addr answered no Location"; return 1; }
+    case "$loc" in /*) loc="http://$addr$loc" ;; esac
+    case "$loc" in *\?*) sep='&' ;; *) sep='?' ;; esac
+    curl -sS -o /dev/null --max-time 900 -H 'Expect:' -H 'Content-Type: application/octet-stream' \
+        -T "$file" -w '%{http_code} %{time_total}' "$loc${sep}digest=$digest"
+}
+
+push_manifest() { # addr repo tag file
+    curl -sS -o /dev/null --max-time 30 -X PUT -H "Content-Type: $MANIFEST_TYPE" \
+        --data-binary "@$4" -w '%{http_code}' "http://$1/v2/$2/manifests/$3"
+}
+
+vm() { awk -v k="$2:" '$1 == k { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; } # pid field → MiB
+
+declare -A PUSH PULL RPS RSS BASE_RSS NON2XX
+
+measure() { # name addr
+    local name="$1" addr="$2" out code secs
+    BASE_RSS[$name]="$(vm "$SERVER_PID" VmRSS)"
+    log "[$name] pushing ${BLOB_MIB} MiB blob..."
+    out="$(push_blob "$addr" bench "$TMP/blob-$name" "${DIGEST[$name]}")"
+    read -r code secs <<<"$out"
+    [ "$code" = 201 ] || { log "[$name] blob PUT answered $code"; return 1; }
+    PUSH[$name]="$(mbps "$BLOB_BYTES" "$secs")"
+    RSS[$name]="$(vm "$SERVER_PID" VmHWM)"
+
+    log "[$name] pulling it..."
+    out="$(curl -sS -o /dev/null --max-time 900 -w '%{http_code} %{time_total} %{size_download}' \
+        "http://$addr/v2/bench/blobs/${DIGEST[$name]}")"
+    read -r code secs size <<<"$out"
+    [ "$code" = 200 ] && [ "$size" = "$BLOB_BYTES" ] \
+        || { log "[$name] blob GET answered $code with $size bytes"; return 1; }
+    PULL[$name]="$(mbps "$BLOB_BYTES" "$secs")"
+
+    log "[$name] manifest GETs with wrk for ${WRK_SECONDS}s..."
+    for f in config.json layer.tar.gz; do
+        out="$(push_blob "$addr" bench "$TMP/img/$f" "$(file_digest "$TMP/img/$f")")"
+        [ "${out%% *}" = 201 ] || { log "[$name] small blob PUT answered $out"; return 1; }
+    done
+    code="$(push_manifest "$addr" bench v1 "$TMP/img/manifest.json")"
+    [ "$code" = 201 ] || { log "[$name] manifest PUT answered $code"; return 1; }
+    out="$(timeout $((WRK_SECONDS + 30)) wrk -t2 -c32 -d"${WRK_SECONDS}s" --timeout 5s \
+        -H "Accept: $MANIFEST_TYPE" "http://$addr/v2/bench/manifests/v1")"
+    RPS[$name]="$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' <<<"$out")"
+    NON2XX[$name]="$(awk '/Non-2xx or 3xx responses:/ { print $NF }' <<<"$out")"
+    NON2XX[$name]="${NON2XX[$name]:-0}"
+}
+
+# --- distribution 2.8 -------------------------------------------------------------------------
+port="$(free_port)"
+DIST_ADDR="127.0.0.1:$port"
+mkdir -p "$TMP/distribution"
+cat > "$TMP/distribution/config.yml" <<EOF
+version: 0.1
+log:
+  level: error
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: $TMP/distribution/data
+  delete:
+    enabled: true
+  maintenance:
+    uploadpurging:
+      enabled: false
+http:
+  addr: $DIST_ADDR
+  secret: wharf-bench
+EOF
+log "starting docker-registry on $DIST_ADDR"
+env $(env | awk -F= '/^REGISTRY_/ { printf "-u %s ", $1 }') \
+    docker-registry serve "$TMP/distribution/config.yml" > "$TMP/distribution/log" 2>&1 &
+SERVER_PID=$!
+wait_ready "$DIST_ADDR" || { cat "$TMP/distribution/log" >&2; exit 1; }
+measure distribution "$DIST_ADDR"
+stop_server
+rm -rf "$TMP/distribution/data" "$TMP/blob-distribution"
+
+# --- wharf ------------------------------------------------------------------------------------
+names=(distribution)
+if [ -n "$RUN_WHARF" ]; then
+    port="$(free_port)"
+    WHARF_ADDR="127.0.0.1:$port"
+    mkdir -p "$TMP/wharf"
+    log "starting $WHARF_BIN serve on $WHARF_ADDR"
+    "$WHARF_BIN" serve --addr "$WHARF_ADDR" --data-dir "$TMP/wharf/data" > "$TMP/wharf/log" 2>&1 &
+    SERVER_PID=$!
+    if wait_ready "$WHARF_ADDR" && measure wharf "$WHARF_ADDR"; then
+        names+=(wharf)
+    else
+        log "wharf run failed; its log:"; tail -n 50 "$TMP/wharf/log" >&2 || true
+    fi
+    stop_server
+fi
+
+# --- report -----------------------------------------------------------------------------------
+limit=$(( SHA_MBPS < DD_MBPS ? SHA_MBPS : DD_MBPS ))
+printf '\nRegistry benchmark, %s MiB blob, loopback, %s cores, %s\n' "$BLOB_MIB" "$(nproc)" "$(date -u +%Y-%m-%dT%H:%MZ)"
+printf 'machine limits: sha256 (openssl) %s MB/s, dd write+fsync %s MB/s (slower: %s MB/s)\n\n' \
+    "$SHA_MBPS" "$DD_MBPS" "$limit"
+printf '%-34s' "metric"; for n in "${names[@]}"; do printf '%18s' "$n"; done; printf '\n'
+row() { # label array
+    local label="$1" arr="$2" n
+    printf '%-34s' "$label"
+    for n in "${names[@]}"; do eval "printf '%18s' \"\${$arr[$n]}\""; done
+    printf '\n'
+}
+row "blob push (MB/s)" PUSH
+declare -A PUSH_PCT
+for n in "${names[@]}"; do PUSH_PCT[$n]="$(awk -v p="${PUSH[$n]}" -v l="$limit" 'BEGIN { printf "%.0f%%", 100 * p / l }')"; done
+row "blob push / slower limit" PUSH_PCT
+row "blob pull (MB/s)" PULL
+row "manifest GET (req/s, wrk -t2 -c32)" RPS
+row "  non-2xx responses" NON2XX
+row "peak RSS during push (MiB)" RSS
+row "RSS before push (MiB)" BASE_RSS

@@ -1,0 +1,120 @@
+//! Runs the real `wharf serve` binary on a free loopback port.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use wharf_testkit::free_port;
+
+pub struct WharfServer {
+    pub addr: String,
+    child: Child,
+    _dir: tempfile::TempDir,
+    database: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432";
+
+fn psql(sql: &str) {
+    let out = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .output()
+        .expect("psql must be installed (postgresql-client)");
+    assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+impl WharfServer {
+    /// Start `wharf serve` with `config` (TOML) on a fresh data dir; on PostgreSQL, in a
+    /// database of its own that is dropped afterwards.
+    pub fn start(backend: Backend, config: &str) -> WharfServer {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("wharf.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let (database, db_name) = match backend {
+            Backend::Sqlite => (None, None),
+            Backend::Postgres => {
+                let name = format!("wharf_it_{}_{}", std::process::id(), free_port());
+                psql(&format!("CREATE DATABASE {name}"));
+                (Some(format!("{POSTGRES}/{name}")), Some(name))
+            }
+        };
+        for _ in 0..5 {
+            let addr = format!("127.0.0.1:{}", free_port());
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_wharf"));
+            cmd.args(["serve", "--config"])
+                .arg(&config_path)
+                .args(["--addr", &addr, "--data-dir"])
+                .arg(dir.path().join("data"))
+                .env("WHARF_LOG", "warn")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(std::fs::File::create(dir.path().join("server.log")).unwrap()));
+            if let Some(db) = &database {
+                cmd.args(["--database", db]);
+            }
+            let mut child = cmd.spawn().expect("spawn wharf");
+            if wait_ready(&addr, &mut child) {
+                return WharfServer { addr, child, _dir: dir, database: db_name };
+            }
+            let _ = child.kill();
+        }
+        panic!("wharf serve did not start: {}", std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    pub fn docker_ref(&self, rest: &str) -> String {
+        format!("docker://{}/{rest}", self.addr)
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self._dir.path()
+    }
+}
+
+fn wait_ready(addr: &str, child: &mut Child) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        if let Ok(mut s) = std::net::TcpStream::connect(addr) {
+            use std::io::{Read, Write};
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = s.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let mut buf = [0u8; 16];
+            if s.read(&mut buf).is_ok_and(|n| n > 0 && buf.starts_with(b"HTTP/1.1 200")) {
+                return true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+impl Drop for WharfServer {
+    fn drop(&mut self) {
+        // SIGTERM first: the server must shut down gracefully.
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(db) = &self.database {
+            psql(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
+        }
+    }
+}
