@@ -1,6 +1,7 @@
 //! The `wharf` command: a registry (`serve`) and a mirror (`copy`, `sync`, `inspect`).
 
 mod config;
+mod inspect;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -20,6 +21,8 @@ struct Cli {
 enum Command {
     /// Run the registry.
     Serve(serve::ServeArgs),
+    /// Show an index: each platform present or absent, sizes, referrers.
+    Inspect(inspect::InspectArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -42,6 +45,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
+            Command::Inspect(args) => inspect::run(args).await,
         }
     });
     match result {

@@ -10,7 +10,11 @@ fn skopeo_copy_all_round_trip(backend: Backend) {
     let src = tempfile::tempdir().unwrap();
     image.write_oci_layout(src.path());
 
-    run_ok(skopeo(["copy", "--all", "--dest-tls-verify=false"]).arg(image.oci_ref(src.path())).arg(server.docker_ref("team/app:v1")));
+    run_ok(
+        skopeo(["copy", "--all", "--dest-tls-verify=false"])
+            .arg(image.oci_ref(src.path()))
+            .arg(server.docker_ref("team/app:v1")),
+    );
     // The index and every child are served byte for byte.
     assert_eq!(skopeo_inspect_raw(&server.docker_ref("team/app:v1")), image.index.bytes);
     for child in &image.children {
@@ -20,7 +24,11 @@ fn skopeo_copy_all_round_trip(backend: Backend) {
     // And out again into an OCI layout, digests unchanged.
     let out = tempfile::tempdir().unwrap();
     let out_ref = format!("oci:{}:v1", out.path().display());
-    run_ok(skopeo(["copy", "--all", "--src-tls-verify=false"]).arg(server.docker_ref("team/app:v1")).arg(&out_ref));
+    run_ok(
+        skopeo(["copy", "--all", "--src-tls-verify=false"])
+            .arg(server.docker_ref("team/app:v1"))
+            .arg(&out_ref),
+    );
     assert_eq!(skopeo_inspect_raw(&out_ref), image.index.bytes);
     let listed = run_ok(skopeo(["list-tags", "--tls-verify=false"]).arg(server.docker_ref("team/app")));
     assert!(String::from_utf8_lossy(&listed).contains("\"v1\""));
@@ -47,9 +55,11 @@ fn docker_media_types_round_trip() {
     assert_eq!(media_type, "application/vnd.docker.distribution.manifest.list.v2+json");
     assert_eq!(bytes, image.index.bytes);
     let out = tempfile::tempdir().unwrap();
-    run_ok(skopeo(["copy", "--all", "--src-tls-verify=false", "--dest-tls-verify=false"])
-        .arg(server.docker_ref("docker/app:v1"))
-        .arg(server.docker_ref("docker/copy:v1")));
+    run_ok(
+        skopeo(["copy", "--all", "--src-tls-verify=false", "--dest-tls-verify=false"])
+            .arg(server.docker_ref("docker/app:v1"))
+            .arg(server.docker_ref("docker/copy:v1")),
+    );
     assert_eq!(skopeo_inspect_raw(&server.docker_ref("docker/copy:v1")), image.index.bytes);
     drop(out);
 }
@@ -60,7 +70,11 @@ fn podman_push_and_pull_by_arch() {
     let image = TestImage::builder().seed(3).tag("v1").build();
     let src = tempfile::tempdir().unwrap();
     image.write_oci_layout(src.path());
-    run_ok(skopeo(["copy", "--all", "--dest-tls-verify=false"]).arg(image.oci_ref(src.path())).arg(server.docker_ref("app:v1")));
+    run_ok(
+        skopeo(["copy", "--all", "--dest-tls-verify=false"])
+            .arg(image.oci_ref(src.path()))
+            .arg(server.docker_ref("app:v1")),
+    );
 
     let podman = Podman::new();
     let remote = format!("{}/app:v1", server.addr);

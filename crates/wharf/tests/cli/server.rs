@@ -64,7 +64,10 @@ impl WharfServer {
             }
             let _ = child.kill();
         }
-        panic!("wharf serve did not start: {}", std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default());
+        panic!(
+            "wharf serve did not start: {}",
+            std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default()
+        );
     }
 
     pub fn log(&self) -> String {

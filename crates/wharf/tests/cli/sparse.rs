@@ -24,12 +24,19 @@ require = ["linux/amd64", "linux/s390x"]
 
 /// Copy the amd64 and arm64 children of `image` by digest from `upstream` into `repo`,
 /// then try the index alone.
-fn copy_two_then_index(server: &WharfServer, upstream: &Distribution, image: &TestImage, repo: &str) -> std::process::Output {
+fn copy_two_then_index(
+    server: &WharfServer,
+    upstream: &Distribution,
+    image: &TestImage,
+    repo: &str,
+) -> std::process::Output {
     for p in ["linux/amd64", "linux/arm64"] {
         let digest = &image.platform(p).manifest.digest;
-        run_ok(skopeo(["copy", "--src-tls-verify=false", "--dest-tls-verify=false"])
-            .arg(upstream.docker_ref(&format!("vendor/app@{digest}")))
-            .arg(server.docker_ref(&format!("{repo}@{digest}"))));
+        run_ok(
+            skopeo(["copy", "--src-tls-verify=false", "--dest-tls-verify=false"])
+                .arg(upstream.docker_ref(&format!("vendor/app@{digest}")))
+                .arg(server.docker_ref(&format!("{repo}@{digest}"))),
+        );
     }
     wharf_testkit::run_output(
         skopeo(["copy", "--multi-arch", "index-only", "--src-tls-verify=false", "--dest-tls-verify=false"])
@@ -71,13 +78,18 @@ fn policies_with_real_clients(backend: Backend) {
     let remote = format!("{}/mirror/app:v1", server.addr);
     run_ok(podman.podman(["pull", "--tls-verify=false", "--arch", "arm64", &remote]));
     let err = run_fails(podman.podman(["pull", "--tls-verify=false", "--arch", "s390x", &remote]));
-    assert!(err.contains("platform linux/s390x of index") && err.contains("not in this registry"), "podman said: {err}");
+    assert!(
+        err.contains("platform linux/s390x of index") && err.contains("not in this registry"),
+        "podman said: {err}"
+    );
 
     // Late fill: copy s390x by digest, then it is present and pulls.
     let s390 = image.platform("linux/s390x");
-    run_ok(skopeo(["copy", "--src-tls-verify=false", "--dest-tls-verify=false"])
-        .arg(upstream.docker_ref(&format!("vendor/app@{}", s390.manifest.digest)))
-        .arg(server.docker_ref(&format!("mirror/app@{}", s390.manifest.digest))));
+    run_ok(
+        skopeo(["copy", "--src-tls-verify=false", "--dest-tls-verify=false"])
+            .arg(upstream.docker_ref(&format!("vendor/app@{}", s390.manifest.digest)))
+            .arg(server.docker_ref(&format!("mirror/app@{}", s390.manifest.digest))),
+    );
     run_ok(podman.podman(["pull", "--tls-verify=false", "--arch", "s390x", &remote]));
     let report = inspect_json(&server, "mirror/app:v1");
     let present: Vec<(String, bool)> = report["children"]
@@ -99,9 +111,11 @@ fn policies_with_real_clients(backend: Backend) {
 
 /// `wharf inspect --json` of an image on `server`.
 pub fn inspect_json(server: &WharfServer, image: &str) -> serde_json::Value {
-    let out = run_ok(
-        std::process::Command::new(env!("CARGO_BIN_EXE_wharf")).args(["inspect", "--json", &format!("docker://{}/{image}", server.addr)]),
-    );
+    let out = run_ok(std::process::Command::new(env!("CARGO_BIN_EXE_wharf")).args([
+        "inspect",
+        "--json",
+        &format!("docker://{}/{image}", server.addr),
+    ]));
     serde_json::from_slice(&out).unwrap()
 }
 

@@ -1,0 +1,223 @@
+//! `wharf inspect IMAGE`: an index, each platform present or absent, sizes, referrers.
+//!
+//! Asks Wharf's `/_wharf/index/` extension first; against any other registry it works the
+//! same report out with manifest HEADs and GETs.
+
+use anyhow::Context;
+use wharf_client::{ClientOptions, RegistryClient};
+use wharf_oci::{Manifest, Reference, RepoName};
+use wharf_registry::{ChildReport, IndexReport, ReferrerReport};
+
+#[derive(Debug, clap::Args)]
+pub struct InspectArgs {
+    /// docker://HOST/REPO[:TAG|@DIGEST]
+    image: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Verify TLS certificates (plain HTTP is used for loopback registries either way).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    tls_verify: bool,
+    /// Credentials USER:PASSWORD (else the auth files docker and podman use).
+    #[arg(long)]
+    creds: Option<String>,
+}
+
+/// `docker://HOST/REPO[:TAG|@DIGEST]` (the `docker://` prefix is optional).
+pub fn parse_docker_ref(image: &str) -> anyhow::Result<(String, RepoName, Reference)> {
+    let rest = image.strip_prefix("docker://").unwrap_or(image);
+    let (host, path) = rest
+        .split_once('/')
+        .with_context(|| format!("{image:?} has no registry host: use docker://HOST/REPO[:TAG]"))?;
+    let (name, reference) = if let Some((n, d)) = path.split_once('@') {
+        (n, d.to_owned())
+    } else {
+        match path.rsplit_once(':') {
+            Some((n, t)) if !t.contains('/') => (n, t.to_owned()),
+            _ => (path, "latest".to_owned()),
+        }
+    };
+    let repo: RepoName = name.parse().with_context(|| format!("in {image:?}"))?;
+    let reference: Reference = reference.parse().map_err(|e| anyhow::anyhow!("in {image:?}: {e}"))?;
+    Ok((host.to_owned(), repo, reference))
+}
+
+pub async fn run(args: InspectArgs) -> anyhow::Result<()> {
+    let (host, repo, reference) = parse_docker_ref(&args.image)?;
+    let credentials = match &args.creds {
+        Some(c) => Some(wharf_client::Credentials::parse_user_pass(c)?),
+        None => wharf_client::credentials_for(&host)?,
+    };
+    let options = ClientOptions { tls_verify: args.tls_verify, credentials, ..ClientOptions::default() };
+    let client = RegistryClient::new(&host, options)?;
+    let report = match from_extension(&client, &repo, &reference).await? {
+        Some(r) => r,
+        None => worked_out(&client, &repo, &reference).await?,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_table(&args.image, &report);
+    }
+    Ok(())
+}
+
+async fn from_extension(
+    client: &RegistryClient,
+    repo: &RepoName,
+    reference: &Reference,
+) -> anyhow::Result<Option<IndexReport>> {
+    let (status, content_type, body) =
+        client.get_raw(&format!("/v2/{repo}/_wharf/index/{reference}")).await?;
+    let is_report =
+        content_type.as_deref().is_some_and(|c| c.starts_with("application/vnd.wharf.index-report"));
+    if status == 200 && is_report {
+        return Ok(Some(serde_json::from_slice(&body).context("reading Wharf's index report")?));
+    }
+    // Any other answer (another registry, or an image that is not there): the plain
+    // requests below report it in the usual way.
+    Ok(None)
+}
+
+/// The report from plain distribution-spec requests.
+async fn worked_out(
+    client: &RegistryClient,
+    repo: &RepoName,
+    reference: &Reference,
+) -> anyhow::Result<IndexReport> {
+    let raw = client.get_manifest(repo, reference).await?;
+    let manifest = Manifest::parse(Some(&raw.media_type), &raw.bytes)?;
+    let mut children = Vec::new();
+    for child in manifest.children() {
+        let present = client.head_manifest(repo, &Reference::Digest(child.digest.clone())).await?.is_some();
+        let stored_bytes = if present {
+            let m = client.get_manifest(repo, &Reference::Digest(child.digest.clone())).await?;
+            let parsed = Manifest::parse(Some(&m.media_type), &m.bytes)?;
+            Some(child.size + parsed.blobs().iter().map(|b| b.size).sum::<u64>())
+        } else {
+            None
+        };
+        children.push(ChildReport {
+            digest: child.digest.clone(),
+            media_type: child.media_type.clone(),
+            platform: child.platform.as_ref().map(|p| p.normalized().to_string()),
+            size: child.size,
+            present,
+            stored_bytes,
+            attestation_for: child.attestation_subject(),
+            artifact_type: child.artifact_type.clone(),
+            referrers: referrers(client, repo, &child.digest).await,
+        });
+    }
+    Ok(IndexReport::new(
+        repo.clone(),
+        raw.digest.clone(),
+        raw.media_type.clone(),
+        raw.bytes.len() as u64,
+        "unknown (not a Wharf registry)".into(),
+        referrers(client, repo, &raw.digest).await,
+        children,
+    ))
+}
+
+/// Referrers through the API; a registry without one reports none here.
+async fn referrers(
+    client: &RegistryClient,
+    repo: &RepoName,
+    digest: &wharf_oci::Digest,
+) -> Vec<ReferrerReport> {
+    match client.referrers(repo, digest, None).await {
+        Ok(Some(list)) => list
+            .into_iter()
+            .map(|d| ReferrerReport { digest: d.digest, artifact_type: d.artifact_type, size: d.size })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[unit]) }
+}
+
+fn print_table(image: &str, r: &IndexReport) {
+    println!("{image}");
+    println!("  digest      {}", r.digest);
+    println!("  media type  {}", r.media_type);
+    println!("  policy      {}", r.policy);
+    if !r.referrers.is_empty() {
+        println!("  referrers   {}", describe_referrers(&r.referrers));
+    }
+    if r.children.is_empty() {
+        println!("  (not an index: no platform children)");
+        return;
+    }
+    println!();
+    println!("  {:<22} {:<8} {:<20} {:>10}  REFERRERS", "PLATFORM", "PRESENT", "DIGEST", "STORED");
+    for c in &r.children {
+        let mut platform = c.platform.clone().unwrap_or_else(|| "-".into());
+        if c.attestation_for.is_some() {
+            platform = "attestation".into();
+        }
+        let digest = c.digest.to_string();
+        let short = &digest[..digest.len().min(19)];
+        let stored = c.stored_bytes.map(human_bytes).unwrap_or_else(|| "-".into());
+        println!(
+            "  {:<22} {:<8} {:<20} {:>10}  {}",
+            platform,
+            if c.present { "yes" } else { "absent" },
+            short,
+            stored,
+            describe_referrers(&c.referrers)
+        );
+    }
+    println!();
+    let total = r.present_children + r.absent_children;
+    let full = if r.full_bytes_exact {
+        human_bytes(r.full_bytes)
+    } else {
+        format!("~{}", human_bytes(r.full_bytes))
+    };
+    println!(
+        "  {} of {} children present; {} stored of {} for the full index",
+        r.present_children,
+        total,
+        human_bytes(r.present_bytes),
+        full
+    );
+}
+
+fn describe_referrers(list: &[ReferrerReport]) -> String {
+    if list.is_empty() {
+        return "-".into();
+    }
+    list.iter()
+        .map(|r| r.artifact_type.clone().unwrap_or_else(|| "manifest".into()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_docker_refs() {
+        let (h, r, t) = parse_docker_ref("docker://127.0.0.1:5000/mirror/app:v1").unwrap();
+        assert_eq!((h.as_str(), r.as_str(), t.to_string().as_str()), ("127.0.0.1:5000", "mirror/app", "v1"));
+        let (_, r, t) = parse_docker_ref("localhost:5000/app").unwrap();
+        assert_eq!((r.as_str(), t.to_string().as_str()), ("app", "latest"));
+        let d = format!("sha256:{}", "a".repeat(64));
+        let (_, _, t) = parse_docker_ref(&format!("docker://h/app@{d}")).unwrap();
+        assert_eq!(t.to_string(), d);
+        assert!(parse_docker_ref("docker://app").is_err());
+        assert!(parse_docker_ref("docker://h/UP:v1").is_err());
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+    }
+}
