@@ -25,9 +25,7 @@ async fn main() {
     let joined = args.get(4).is_some_and(|s| s == "joined");
 
     let store = if url.starts_with("postgres") {
-        MetadataStore::connect_postgres_isolated(&url)
-            .await
-            .unwrap()
+        MetadataStore::connect_postgres_isolated(&url).await.unwrap()
     } else {
         MetadataStore::connect(&url).await.unwrap()
     };
@@ -66,11 +64,7 @@ async fn main() {
             for i in 0..n {
                 let tag = &tags[(i * 7 + t) % tags.len()];
                 let m = if joined {
-                    store
-                        .get_tagged_manifest(&repo, tag)
-                        .await
-                        .unwrap()
-                        .unwrap()
+                    store.get_tagged_manifest(&repo, tag).await.unwrap().unwrap()
                 } else {
                     let digest = store.resolve_tag(&repo, tag).await.unwrap().unwrap();
                     store.get_manifest(&repo, &digest).await.unwrap().unwrap()
@@ -86,11 +80,7 @@ async fn main() {
     println!(
         "{}: {iterations} x ({}) from {tasks} tasks in {secs:.2}s = {:.0} ops/s",
         store.backend(),
-        if joined {
-            "get_tagged_manifest"
-        } else {
-            "resolve_tag + get_manifest"
-        },
+        if joined { "get_tagged_manifest" } else { "resolve_tag + get_manifest" },
         iterations as f64 / secs
     );
     store.drop_isolated_schema().await.unwrap();

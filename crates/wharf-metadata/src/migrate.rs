@@ -33,27 +33,17 @@ pub(crate) fn latest(backend: Backend) -> i64 {
 /// Splits a migration file into statements: drops whole-line `--` comments, then splits on `;`.
 /// Migration files keep `;` out of string literals and trailing comments.
 fn statements(sql: &str) -> Vec<String> {
-    let body: Vec<&str> = sql
-        .lines()
-        .filter(|l| !l.trim_start().starts_with("--"))
-        .collect();
-    body.join("\n")
-        .split(';')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect()
+    let body: Vec<&str> = sql.lines().filter(|l| !l.trim_start().starts_with("--")).collect();
+    body.join("\n").split(';').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
 }
 
 /// Brings the schema up to date inside `tx` (which the caller commits). Returns the version the
 /// database was at before.
 pub(crate) async fn run(tx: &mut Transaction<'static, Any>, backend: Backend) -> Result<i64> {
     if backend == Backend::Postgres {
-        sqlx::query(&format!(
-            "SELECT CAST(1 AS BIGINT) FROM pg_advisory_xact_lock({PG_LOCK_KEY})"
-        ))
-        .execute(&mut **tx)
-        .await?;
+        sqlx::query(&format!("SELECT CAST(1 AS BIGINT) FROM pg_advisory_xact_lock({PG_LOCK_KEY})"))
+            .execute(&mut **tx)
+            .await?;
     }
     sqlx::query(
         "CREATE TABLE IF NOT EXISTS wharf_schema_version (\
@@ -85,11 +75,7 @@ pub(crate) async fn run(tx: &mut Transaction<'static, Any>, backend: Backend) ->
             .bind(now())
             .execute(&mut **tx)
             .await?;
-        tracing::info!(
-            version,
-            backend = backend.name(),
-            "applied metadata schema migration"
-        );
+        tracing::info!(version, backend = backend.name(), "applied metadata schema migration");
     }
     Ok(current)
 }

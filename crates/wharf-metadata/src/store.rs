@@ -34,9 +34,7 @@ impl Backend {
 }
 
 pub(crate) fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// The registry's metadata store. Cheap to clone: clones share the connection pools.
@@ -126,9 +124,7 @@ fn sqlite_path(url: &str) -> Option<&str> {
 
 fn sqlite_readers() -> u32 {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    u32::try_from(cores * 2)
-        .unwrap_or(u32::MAX)
-        .clamp(SQLITE_READERS_MIN, SQLITE_READERS_MAX)
+    u32::try_from(cores * 2).unwrap_or(u32::MAX).clamp(SQLITE_READERS_MIN, SQLITE_READERS_MAX)
 }
 
 fn sqlite_pragmas(sql: &'static str) -> AnyPoolOptions {
@@ -150,10 +146,7 @@ impl MetadataStore {
         if url.starts_with("sqlite:") {
             Self::connect_sqlite(url).await
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let pool = AnyPoolOptions::new()
-                .max_connections(POSTGRES_CONNECTIONS)
-                .connect(url)
-                .await?;
+            let pool = AnyPoolOptions::new().max_connections(POSTGRES_CONNECTIONS).connect(url).await?;
             Self::finish(pool.clone(), pool, Backend::Postgres, None).await
         } else {
             Err(MetadataError::BadUrl(url.to_owned()))
@@ -173,10 +166,7 @@ impl MetadataStore {
                 .await?;
             return Self::finish(pool.clone(), pool, Backend::Sqlite, None).await;
         };
-        if let Some(dir) = Path::new(path)
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-        {
+        if let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| {
                 MetadataError::Db(sqlx::Error::Configuration(
                     format!("creating directory {} for {url:?}: {e}", dir.display()).into(),
@@ -200,12 +190,11 @@ impl MetadataStore {
         .connect(&url)
         .await?;
         let this = Self::finish(write.clone(), write, Backend::Sqlite, None).await?;
-        let read = sqlite_pragmas(
-            "PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; PRAGMA query_only = ON",
-        )
-        .max_connections(sqlite_readers())
-        .connect(&url)
-        .await?;
+        let read =
+            sqlite_pragmas("PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; PRAGMA query_only = ON")
+                .max_connections(sqlite_readers())
+                .connect(&url)
+                .await?;
         Ok(Self { read, ..this })
     }
 
@@ -220,8 +209,7 @@ impl MetadataStore {
         let schema = format!("wharf_test_{}", uuid::Uuid::new_v4().simple());
         let options = AnyConnectOptions::from_str(base_url)?;
         let mut conn = options.connect().await?;
-        conn.execute(format!("CREATE SCHEMA {schema}").as_str())
-            .await?;
+        conn.execute(format!("CREATE SCHEMA {schema}").as_str()).await?;
         conn.close().await?;
         let set_path = format!("SET search_path TO {schema}");
         let pool = AnyPoolOptions::new()
@@ -244,12 +232,7 @@ impl MetadataStore {
         backend: Backend,
         isolated_schema: Option<String>,
     ) -> Result<Self> {
-        let this = Self {
-            read,
-            write,
-            backend,
-            isolated_schema,
-        };
+        let this = Self { read, write, backend, isolated_schema };
         let mut tx = this.begin().await?;
         let before = migrate::run(&mut tx, backend).await?;
         tx.commit().await?;
@@ -266,9 +249,7 @@ impl MetadataStore {
     /// pools. Does nothing else on a store connected otherwise.
     pub async fn drop_isolated_schema(&self) -> Result<()> {
         if let Some(schema) = &self.isolated_schema {
-            sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-                .execute(&self.write)
-                .await?;
+            sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).execute(&self.write).await?;
             self.close().await;
         }
         Ok(())
@@ -314,14 +295,7 @@ impl MetadataStore {
     /// Records the blob (if new) and links it to `repo` (if not yet linked).
     pub async fn link_blob(&self, repo: &RepoName, digest: &Digest, size: u64) -> Result<()> {
         let mut tx = self.begin().await?;
-        link_blob_in(
-            &mut tx,
-            repo.as_str(),
-            &digest.to_string(),
-            db_size(size)?,
-            now(),
-        )
-        .await?;
+        link_blob_in(&mut tx, repo.as_str(), &digest.to_string(), db_size(size)?, now()).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -354,9 +328,7 @@ impl MetadataStore {
             .bind(digest.to_string())
             .fetch_all(&self.read)
             .await?;
-        rows.iter()
-            .map(|r| parse_repo(&r.try_get::<String, _>("repo")?))
-            .collect()
+        rows.iter().map(|r| parse_repo(&r.try_get::<String, _>("repo")?)).collect()
     }
 
     /// Removes the link between the blob and `repo`. The blob row stays (garbage collection
@@ -381,11 +353,8 @@ impl MetadataStore {
         let digest = m.digest.to_string();
         let ts = now();
         // A stable order of inserts: two transactions touching the same blobs never deadlock.
-        let mut refs: Vec<(String, i64)> = m
-            .blob_refs
-            .iter()
-            .map(|(d, s)| Ok((d.to_string(), db_size(*s)?)))
-            .collect::<Result<_>>()?;
+        let mut refs: Vec<(String, i64)> =
+            m.blob_refs.iter().map(|(d, s)| Ok((d.to_string(), db_size(*s)?))).collect::<Result<_>>()?;
         refs.sort();
         refs.dedup_by(|a, b| a.0 == b.0);
 
@@ -458,18 +427,12 @@ impl MetadataStore {
     }
 
     /// The manifest's exact bytes and media type, if it is in `repo`.
-    pub async fn get_manifest(
-        &self,
-        repo: &RepoName,
-        digest: &Digest,
-    ) -> Result<Option<StoredManifest>> {
-        let row = sqlx::query(
-            "SELECT media_type, content FROM manifests WHERE repo = $1 AND digest = $2",
-        )
-        .bind(repo.as_str())
-        .bind(digest.to_string())
-        .fetch_optional(&self.read)
-        .await?;
+    pub async fn get_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<Option<StoredManifest>> {
+        let row = sqlx::query("SELECT media_type, content FROM manifests WHERE repo = $1 AND digest = $2")
+            .bind(repo.as_str())
+            .bind(digest.to_string())
+            .fetch_optional(&self.read)
+            .await?;
         row.map(|r| {
             Ok(StoredManifest {
                 digest: digest.clone(),
@@ -482,11 +445,7 @@ impl MetadataStore {
 
     /// The manifest the tag points at, in one query: the hot path of `GET .../manifests/TAG`
     /// (the same as [`MetadataStore::resolve_tag`] then [`MetadataStore::get_manifest`]).
-    pub async fn get_tagged_manifest(
-        &self,
-        repo: &RepoName,
-        tag: &Tag,
-    ) -> Result<Option<StoredManifest>> {
+    pub async fn get_tagged_manifest(&self, repo: &RepoName, tag: &Tag) -> Result<Option<StoredManifest>> {
         let row = sqlx::query(
             "SELECT m.digest, m.media_type, m.content FROM tags t \
              JOIN manifests m ON m.repo = t.repo AND m.digest = t.digest \
@@ -507,19 +466,13 @@ impl MetadataStore {
     }
 
     /// Media type and size of the manifest, if it is in `repo` (for `HEAD`).
-    pub async fn manifest_exists(
-        &self,
-        repo: &RepoName,
-        digest: &Digest,
-    ) -> Result<Option<(String, u64)>> {
-        let row =
-            sqlx::query("SELECT media_type, size FROM manifests WHERE repo = $1 AND digest = $2")
-                .bind(repo.as_str())
-                .bind(digest.to_string())
-                .fetch_optional(&self.read)
-                .await?;
-        row.map(|r| Ok((r.try_get("media_type")?, row_size(&r, "size")?)))
-            .transpose()
+    pub async fn manifest_exists(&self, repo: &RepoName, digest: &Digest) -> Result<Option<(String, u64)>> {
+        let row = sqlx::query("SELECT media_type, size FROM manifests WHERE repo = $1 AND digest = $2")
+            .bind(repo.as_str())
+            .bind(digest.to_string())
+            .fetch_optional(&self.read)
+            .await?;
+        row.map(|r| Ok((r.try_get("media_type")?, row_size(&r, "size")?))).transpose()
     }
 
     /// The digest the tag points at.
@@ -544,11 +497,7 @@ impl MetadataStore {
             "DELETE FROM manifest_blobs WHERE repo = $1 AND manifest_digest = $2",
             "DELETE FROM index_children WHERE repo = $1 AND index_digest = $2",
         ] {
-            sqlx::query(sql)
-                .bind(repo)
-                .bind(digest.as_str())
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(sql).bind(repo).bind(digest.as_str()).execute(&mut *tx).await?;
         }
         let done = sqlx::query("DELETE FROM manifests WHERE repo = $1 AND digest = $2")
             .bind(repo)
@@ -576,16 +525,13 @@ impl MetadataStore {
         n: Option<u32>,
         last: Option<&str>,
     ) -> Result<Vec<String>> {
-        let rows =
-            sqlx::query("SELECT tag FROM tags WHERE repo = $1 AND tag > $2 ORDER BY tag LIMIT $3")
-                .bind(repo.as_str())
-                .bind(last.unwrap_or(""))
-                .bind(limit(n))
-                .fetch_all(&self.read)
-                .await?;
-        rows.iter()
-            .map(|r| Ok(r.try_get::<String, _>("tag")?))
-            .collect()
+        let rows = sqlx::query("SELECT tag FROM tags WHERE repo = $1 AND tag > $2 ORDER BY tag LIMIT $3")
+            .bind(repo.as_str())
+            .bind(last.unwrap_or(""))
+            .bind(limit(n))
+            .fetch_all(&self.read)
+            .await?;
+        rows.iter().map(|r| Ok(r.try_get::<String, _>("tag")?)).collect()
     }
 
     /// True if `repo` has any manifest, tag or blob link.
@@ -614,9 +560,7 @@ impl MetadataStore {
         .bind(limit(n))
         .fetch_all(&self.read)
         .await?;
-        rows.iter()
-            .map(|r| Ok(r.try_get::<String, _>("repo")?))
-            .collect()
+        rows.iter().map(|r| Ok(r.try_get::<String, _>("repo")?)).collect()
     }
 
     /// Manifests in `repo` whose `subject` is `subject`, sorted by digest.
@@ -644,11 +588,7 @@ impl MetadataStore {
 
     /// The children of the index, ordered by position, each with its presence in `repo`
     /// (derived by a join at query time). Empty if the index is unknown or has no children.
-    pub async fn index_children(
-        &self,
-        repo: &RepoName,
-        index: &Digest,
-    ) -> Result<Vec<ChildPresence>> {
+    pub async fn index_children(&self, repo: &RepoName, index: &Digest) -> Result<Vec<ChildPresence>> {
         let rows = sqlx::query(&format!(
             "SELECT {CHILD_COLUMNS} FROM index_children c \
              LEFT JOIN manifests m ON m.repo = c.repo AND m.digest = c.child_digest \
@@ -677,9 +617,7 @@ impl MetadataStore {
         .bind(child.to_string())
         .fetch_all(&self.read)
         .await?;
-        rows.iter()
-            .map(|r| Ok((row_digest(r, "index_digest")?, child_presence(r)?)))
-            .collect()
+        rows.iter().map(|r| Ok((row_digest(r, "index_digest")?, child_presence(r)?))).collect()
     }
 
     /// Bytes of the config and layers an image manifest in `repo` references (0 for an
@@ -697,11 +635,7 @@ impl MetadataStore {
     }
 
     /// How many manifests of `repo` reference the blob (as config or layer).
-    pub async fn manifests_referencing_blob(
-        &self,
-        repo: &RepoName,
-        digest: &Digest,
-    ) -> Result<u64> {
+    pub async fn manifests_referencing_blob(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
         let row = sqlx::query(
             "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM manifest_blobs \
              WHERE repo = $1 AND blob_digest = $2",
@@ -729,33 +663,24 @@ impl MetadataStore {
 
     /// The repository of the upload session, if it exists.
     pub async fn upload_repo(&self, id: &str) -> Result<Option<RepoName>> {
-        let row = sqlx::query("SELECT repo FROM uploads WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.read)
-            .await?;
-        row.map(|r| parse_repo(&r.try_get::<String, _>("repo")?))
-            .transpose()
+        let row =
+            sqlx::query("SELECT repo FROM uploads WHERE id = $1").bind(id).fetch_optional(&self.read).await?;
+        row.map(|r| parse_repo(&r.try_get::<String, _>("repo")?)).transpose()
     }
 
     /// Forgets the upload session (no error if it is unknown).
     pub async fn delete_upload(&self, id: &str) -> Result<()> {
-        sqlx::query("DELETE FROM uploads WHERE id = $1")
-            .bind(id)
-            .execute(&self.write)
-            .await?;
+        sqlx::query("DELETE FROM uploads WHERE id = $1").bind(id).execute(&self.write).await?;
         Ok(())
     }
 
     /// Ids of upload sessions created strictly before `unix_secs`, oldest first.
     pub async fn uploads_older_than(&self, unix_secs: i64) -> Result<Vec<String>> {
-        let rows =
-            sqlx::query("SELECT id FROM uploads WHERE created_at < $1 ORDER BY created_at, id")
-                .bind(unix_secs)
-                .fetch_all(&self.read)
-                .await?;
-        rows.iter()
-            .map(|r| Ok(r.try_get::<String, _>("id")?))
-            .collect()
+        let rows = sqlx::query("SELECT id FROM uploads WHERE created_at < $1 ORDER BY created_at, id")
+            .bind(unix_secs)
+            .fetch_all(&self.read)
+            .await?;
+        rows.iter().map(|r| Ok(r.try_get::<String, _>("id")?)).collect()
     }
 }
 
@@ -815,10 +740,7 @@ mod tests {
     #[test]
     fn sqlite_paths() {
         assert_eq!(sqlite_path("sqlite://data/meta.db"), Some("data/meta.db"));
-        assert_eq!(
-            sqlite_path("sqlite:///abs/meta.db?mode=rwc"),
-            Some("/abs/meta.db")
-        );
+        assert_eq!(sqlite_path("sqlite:///abs/meta.db?mode=rwc"), Some("/abs/meta.db"));
         assert_eq!(sqlite_path("sqlite:meta.db"), Some("meta.db"));
         assert_eq!(sqlite_path("sqlite::memory:"), None);
         assert_eq!(sqlite_path("sqlite://:memory:"), None);
@@ -838,9 +760,6 @@ mod tests {
         let d = Digest::sha256_of(b"x");
         s.link_blob(&repo, &d, 1).await.unwrap();
         assert_eq!(s.linked_blob_size(&repo, &d).await.unwrap(), Some(1));
-        assert_eq!(
-            s.schema_version().await.unwrap(),
-            migrate::latest(Backend::Sqlite)
-        );
+        assert_eq!(s.schema_version().await.unwrap(), migrate::latest(Backend::Sqlite));
     }
 }

@@ -21,11 +21,7 @@ async fn sqlite_ctx() -> Ctx {
     let url = format!("sqlite://{}/sub/meta.db", dir.path().display());
     let store = MetadataStore::connect(&url).await.unwrap();
     assert_eq!(store.backend(), "sqlite");
-    Ctx {
-        store,
-        url,
-        _dir: Some(dir),
-    }
+    Ctx { store, url, _dir: Some(dir) }
 }
 
 fn postgres_base() -> String {
@@ -42,11 +38,7 @@ async fn postgres_ctx() -> Ctx {
     let schema = store.isolated_schema().unwrap().to_owned();
     let sep = if base.contains('?') { '&' } else { '?' };
     let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
-    Ctx {
-        store,
-        url,
-        _dir: None,
-    }
+    Ctx { store, url, _dir: None }
 }
 
 macro_rules! suite {
@@ -103,10 +95,7 @@ fn blob(n: u32) -> Digest {
 }
 
 fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
 }
 
 const IMAGE: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -192,10 +181,7 @@ async fn manifest_bytes_are_exact(ctx: &Ctx) {
     assert_eq!(got.content, content);
     assert_eq!(got.digest, digest);
     assert_eq!(got.media_type, IMAGE);
-    assert_eq!(
-        s.manifest_exists(&r, &digest).await.unwrap(),
-        Some((IMAGE.to_owned(), content.len() as u64))
-    );
+    assert_eq!(s.manifest_exists(&r, &digest).await.unwrap(), Some((IMAGE.to_owned(), content.len() as u64)));
     // Not visible from another repository, nor under another digest.
     let other = repo("team/other");
     assert!(s.get_manifest(&other, &digest).await.unwrap().is_none());
@@ -204,30 +190,12 @@ async fn manifest_bytes_are_exact(ctx: &Ctx) {
     // A large manifest (4 MiB, the protocol's limit) round-trips too.
     let big: Vec<u8> = (0..4 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
     let big_digest = Digest::sha256_of(&big);
-    s.put_manifest(NewManifest {
-        digest: &big_digest,
-        content: &big,
-        ..put
-    })
-    .await
-    .unwrap();
-    assert_eq!(
-        s.get_manifest(&r, &big_digest)
-            .await
-            .unwrap()
-            .unwrap()
-            .content,
-        big
-    );
+    s.put_manifest(NewManifest { digest: &big_digest, content: &big, ..put }).await.unwrap();
+    assert_eq!(s.get_manifest(&r, &big_digest).await.unwrap().unwrap().content, big);
     // Its blobs are linked to the repository and counted as referenced.
     assert_eq!(s.linked_blob_size(&r, &blob(2)).await.unwrap(), Some(20));
     assert_eq!(s.manifests_referencing_blob(&r, &blob(2)).await.unwrap(), 2);
-    assert_eq!(
-        s.manifests_referencing_blob(&other, &blob(2))
-            .await
-            .unwrap(),
-        0
-    );
+    assert_eq!(s.manifests_referencing_blob(&other, &blob(2)).await.unwrap(), 0);
 }
 
 async fn tag_moves(ctx: &Ctx) {
@@ -236,32 +204,15 @@ async fn tag_moves(ctx: &Ctx) {
     let (a, b) = (image("a"), image("b"));
     let latest = tag("latest");
     put_image(s, &r, &a, Some(&latest)).await;
-    assert_eq!(
-        s.resolve_tag(&r, &latest).await.unwrap(),
-        Some(a.digest.clone())
-    );
+    assert_eq!(s.resolve_tag(&r, &latest).await.unwrap(), Some(a.digest.clone()));
     put_image(s, &r, &b, Some(&latest)).await;
-    assert_eq!(
-        s.resolve_tag(&r, &latest).await.unwrap(),
-        Some(b.digest.clone())
-    );
+    assert_eq!(s.resolve_tag(&r, &latest).await.unwrap(), Some(b.digest.clone()));
     let got = s.get_tagged_manifest(&r, &latest).await.unwrap().unwrap();
-    assert_eq!(
-        (got.digest, got.content),
-        (b.digest.clone(), b.content.clone())
-    );
-    assert!(
-        s.get_tagged_manifest(&r, &tag("nope"))
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert_eq!((got.digest, got.content), (b.digest.clone(), b.content.clone()));
+    assert!(s.get_tagged_manifest(&r, &tag("nope")).await.unwrap().is_none());
     // Re-putting an existing manifest only moves the tag.
     put_image(s, &r, &a, Some(&latest)).await;
-    assert_eq!(
-        s.resolve_tag(&r, &latest).await.unwrap(),
-        Some(a.digest.clone())
-    );
+    assert_eq!(s.resolve_tag(&r, &latest).await.unwrap(), Some(a.digest.clone()));
     assert_eq!(s.list_tags(&r, None, None).await.unwrap(), vec!["latest"]);
     // Tags are per repository.
     assert_eq!(s.resolve_tag(&repo("other"), &latest).await.unwrap(), None);
@@ -277,10 +228,8 @@ async fn tags_sort_bytewise_and_page(ctx: &Ctx) {
     let s = &ctx.store;
     let r = repo("sorting");
     let img = image("x");
-    let names = [
-        "b", "B", "a", "A", "_x", "1.0", "1.10", "1.2", "latest", "Z", "a-b", "a.b", "a_b", "aB",
-        "ab",
-    ];
+    let names =
+        ["b", "B", "a", "A", "_x", "1.0", "1.10", "1.2", "latest", "Z", "a-b", "a.b", "a_b", "aB", "ab"];
     for n in names {
         put_image(s, &r, &img, Some(&tag(n))).await;
     }
@@ -288,10 +237,7 @@ async fn tags_sort_bytewise_and_page(ctx: &Ctx) {
     expected.sort(); // str ordering is bytewise
     assert_eq!(
         expected,
-        [
-            "1.0", "1.10", "1.2", "A", "B", "Z", "_x", "a", "a-b", "a.b", "aB", "a_b", "ab", "b",
-            "latest"
-        ]
+        ["1.0", "1.10", "1.2", "A", "B", "Z", "_x", "a", "a-b", "a.b", "aB", "a_b", "ab", "b", "latest"]
     );
     assert_eq!(s.list_tags(&r, None, None).await.unwrap(), expected);
 
@@ -310,26 +256,11 @@ async fn tags_sort_bytewise_and_page(ctx: &Ctx) {
     assert_eq!(paged, expected);
 
     // `last` need not be a tag; results are strictly after it.
-    assert_eq!(
-        s.list_tags(&r, None, Some("M")).await.unwrap(),
-        expected[5..]
-    );
-    assert_eq!(
-        s.list_tags(&r, Some(2), Some("a")).await.unwrap(),
-        ["a-b", "a.b"]
-    );
-    assert_eq!(
-        s.list_tags(&r, None, Some("latest")).await.unwrap(),
-        Vec::<String>::new()
-    );
-    assert_eq!(
-        s.list_tags(&r, Some(0), None).await.unwrap(),
-        Vec::<String>::new()
-    );
-    assert_eq!(
-        s.list_tags(&repo("none"), None, None).await.unwrap(),
-        Vec::<String>::new()
-    );
+    assert_eq!(s.list_tags(&r, None, Some("M")).await.unwrap(), expected[5..]);
+    assert_eq!(s.list_tags(&r, Some(2), Some("a")).await.unwrap(), ["a-b", "a.b"]);
+    assert_eq!(s.list_tags(&r, None, Some("latest")).await.unwrap(), Vec::<String>::new());
+    assert_eq!(s.list_tags(&r, Some(0), None).await.unwrap(), Vec::<String>::new());
+    assert_eq!(s.list_tags(&repo("none"), None, None).await.unwrap(), Vec::<String>::new());
 }
 
 async fn catalog_sorts_and_pages(ctx: &Ctx) {
@@ -343,26 +274,15 @@ async fn catalog_sorts_and_pages(ctx: &Ctx) {
     for name in ["a-b", "a", "b/x"] {
         s.link_blob(&repo(name), &blob(5), 5).await.unwrap();
     }
-    s.create_upload("only-upload", &repo("uploading"))
-        .await
-        .unwrap();
+    s.create_upload("only-upload", &repo("uploading")).await.unwrap();
     let all = s.catalog(None, None).await.unwrap();
     // '-' (0x2d) sorts before '/' (0x2f), bytewise.
     assert_eq!(all, ["a", "a-b", "a/b", "b/x", "z"]);
     assert_eq!(s.catalog(Some(2), None).await.unwrap(), ["a", "a-b"]);
-    assert_eq!(
-        s.catalog(Some(2), Some("a-b")).await.unwrap(),
-        ["a/b", "b/x"]
-    );
+    assert_eq!(s.catalog(Some(2), Some("a-b")).await.unwrap(), ["a/b", "b/x"]);
     assert_eq!(s.catalog(Some(2), Some("b/x")).await.unwrap(), ["z"]);
-    assert_eq!(
-        s.catalog(Some(2), Some("z")).await.unwrap(),
-        Vec::<String>::new()
-    );
-    assert_eq!(
-        s.catalog(None, Some("a/a")).await.unwrap(),
-        ["a/b", "b/x", "z"]
-    );
+    assert_eq!(s.catalog(Some(2), Some("z")).await.unwrap(), Vec::<String>::new());
+    assert_eq!(s.catalog(None, Some("a/a")).await.unwrap(), ["a/b", "b/x", "z"]);
 
     for name in ["a", "a-b", "a/b", "b/x", "z"] {
         assert!(s.repo_exists(&repo(name)).await.unwrap(), "{name}");
@@ -375,11 +295,7 @@ async fn catalog_sorts_and_pages(ctx: &Ctx) {
     assert!(!s.repo_exists(&repo("a")).await.unwrap());
     assert!(s.delete_manifest(&repo("z"), &img.digest).await.unwrap());
     assert!(s.unlink_blob(&repo("z"), &blob(1)).await.unwrap());
-    assert!(
-        s.unlink_blob(&repo("z"), &Digest::sha256_of(b"c"))
-            .await
-            .unwrap()
-    );
+    assert!(s.unlink_blob(&repo("z"), &Digest::sha256_of(b"c")).await.unwrap());
     assert_eq!(s.catalog(None, None).await.unwrap(), ["a-b", "a/b", "b/x"]);
 }
 
@@ -390,12 +306,8 @@ async fn referrers_by_subject(ctx: &Ctx) {
     put_image(s, &r, &subject, Some(&tag("v1"))).await;
 
     let mut made = Vec::new();
-    for (i, at) in [
-        "application/vnd.dev.cosign.artifact.sig.v1+json",
-        "application/spdx+json",
-    ]
-    .iter()
-    .enumerate()
+    for (i, at) in
+        ["application/vnd.dev.cosign.artifact.sig.v1+json", "application/spdx+json"].iter().enumerate()
     {
         let content = format!("referrer {i}").into_bytes();
         let digest = Digest::sha256_of(&content);
@@ -445,20 +357,11 @@ async fn referrers_by_subject(ctx: &Ctx) {
     }
     // A subject need not exist for its referrers to be listed (they may be pushed first).
     assert!(s.referrers(&r, &blob(42)).await.unwrap().is_empty());
-    assert_eq!(
-        s.referrers(&repo("other"), &subject.digest)
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(s.referrers(&repo("other"), &subject.digest).await.unwrap().len(), 1);
     // Deleting a referrer removes it from the list.
     assert!(s.delete_manifest(&r, &made[0].0).await.unwrap());
     let got = s.referrers(&r, &subject.digest).await.unwrap();
-    assert_eq!(
-        got.iter().map(|r| &r.digest).collect::<Vec<_>>(),
-        [&made[1].0]
-    );
+    assert_eq!(got.iter().map(|r| &r.digest).collect::<Vec<_>>(), [&made[1].0]);
 }
 
 async fn children_presence_is_derived(ctx: &Ctx) {
@@ -494,9 +397,8 @@ async fn children_presence_is_derived(ctx: &Ctx) {
     .await
     .unwrap();
 
-    let presence = |list: &[wharf_metadata::ChildPresence]| -> Vec<bool> {
-        list.iter().map(|c| c.present).collect()
-    };
+    let presence =
+        |list: &[wharf_metadata::ChildPresence]| -> Vec<bool> { list.iter().map(|c| c.present).collect() };
     let got = s.index_children(&r, &index).await.unwrap();
     assert_eq!(presence(&got), [true, false, false, false]);
     for (g, c) in got.iter().zip(&children) {
@@ -529,12 +431,7 @@ async fn children_presence_is_derived(ctx: &Ctx) {
     assert_eq!(listing[0].1.platform.as_deref(), Some("linux/arm64"));
     assert_eq!(listing[0].1.position, 1);
     assert!(!listing[0].1.present);
-    assert!(
-        s.indexes_listing(&repo("elsewhere"), &arm.digest)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(s.indexes_listing(&repo("elsewhere"), &arm.digest).await.unwrap().is_empty());
     let listing = s.indexes_listing(&r, &s390.digest).await.unwrap();
     assert!(listing[0].1.present);
 
@@ -554,19 +451,11 @@ async fn children_presence_is_derived(ctx: &Ctx) {
     .await
     .unwrap();
     assert_eq!(s.index_children(&r, &index).await.unwrap().len(), 4);
-    assert_eq!(
-        s.resolve_tag(&r, &tag("v2")).await.unwrap(),
-        Some(index.clone())
-    );
+    assert_eq!(s.resolve_tag(&r, &tag("v2")).await.unwrap(), Some(index.clone()));
 
     // Unknown index: nothing.
     assert!(s.index_children(&r, &blob(77)).await.unwrap().is_empty());
-    assert!(
-        s.index_children(&repo("elsewhere"), &index)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(s.index_children(&repo("elsewhere"), &index).await.unwrap().is_empty());
 }
 
 async fn delete_manifest_removes_tags_refs_and_children(ctx: &Ctx) {
@@ -610,12 +499,7 @@ async fn delete_manifest_removes_tags_refs_and_children(ctx: &Ctx) {
     assert_eq!(s.indexes_listing(&r, &keep.digest).await.unwrap().len(), 1);
     assert!(s.delete_manifest(&r, &index).await.unwrap());
     assert!(s.index_children(&r, &index).await.unwrap().is_empty());
-    assert!(
-        s.indexes_listing(&r, &keep.digest)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(s.indexes_listing(&r, &keep.digest).await.unwrap().is_empty());
     assert_eq!(s.resolve_tag(&r, &tag("idx")).await.unwrap(), None);
     s.put_manifest(put).await.unwrap();
     assert_eq!(s.index_children(&r, &index).await.unwrap().len(), 1);
@@ -649,17 +533,11 @@ async fn blob_links_are_per_repository(ctx: &Ctx) {
     // A manifest's blobs are linked to its repository (and re-linked on a re-put).
     let img = image("links");
     put_image(s, &a, &img, None).await;
-    assert_eq!(
-        s.linked_blob_size(&a, &img.refs[1].0).await.unwrap(),
-        Some(7)
-    );
+    assert_eq!(s.linked_blob_size(&a, &img.refs[1].0).await.unwrap(), Some(7));
     assert_eq!(s.linked_blob_size(&b, &img.refs[1].0).await.unwrap(), None);
     assert!(s.unlink_blob(&a, &img.refs[1].0).await.unwrap());
     put_image(s, &a, &img, None).await;
-    assert_eq!(
-        s.linked_blob_size(&a, &img.refs[1].0).await.unwrap(),
-        Some(7)
-    );
+    assert_eq!(s.linked_blob_size(&a, &img.refs[1].0).await.unwrap(), Some(7));
 }
 
 async fn upload_sessions(ctx: &Ctx) {
@@ -689,24 +567,15 @@ async fn migrations_are_idempotent(ctx: &Ctx) {
     put_image(s, &repo("keep"), &img, Some(&tag("v1"))).await;
 
     // Two more servers start at once against the same database.
-    let (x, y) = tokio::join!(
-        MetadataStore::connect(&ctx.url),
-        MetadataStore::connect(&ctx.url)
-    );
+    let (x, y) = tokio::join!(MetadataStore::connect(&ctx.url), MetadataStore::connect(&ctx.url));
     let (x, y) = (x.unwrap(), y.unwrap());
     for other in [&x, &y] {
         assert_eq!(other.schema_version().await.unwrap(), version);
-        assert_eq!(
-            other.resolve_tag(&repo("keep"), &tag("v1")).await.unwrap(),
-            Some(img.digest.clone())
-        );
+        assert_eq!(other.resolve_tag(&repo("keep"), &tag("v1")).await.unwrap(), Some(img.digest.clone()));
     }
     // Writes through one are seen by the others.
     put_image(&x, &repo("keep"), &img, Some(&tag("v2"))).await;
-    assert_eq!(
-        s.list_tags(&repo("keep"), None, None).await.unwrap(),
-        ["v1", "v2"]
-    );
+    assert_eq!(s.list_tags(&repo("keep"), None, None).await.unwrap(), ["v1", "v2"]);
     x.close().await;
     y.close().await;
 }

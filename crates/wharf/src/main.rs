@@ -1,6 +1,7 @@
 //! The `wharf` command: a registry (`serve`) and a mirror (`copy`, `sync`, `inspect`).
 
 mod config;
+mod copy_cmd;
 mod inspect;
 mod serve;
 
@@ -21,6 +22,8 @@ struct Cli {
 enum Command {
     /// Run the registry.
     Serve(serve::ServeArgs),
+    /// Copy an image, or some platforms of it, with its signatures.
+    Copy(copy_cmd::CopyArgs),
     /// Show an index: each platform present or absent, sizes, referrers.
     Inspect(inspect::InspectArgs),
 }
@@ -46,6 +49,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
             Command::Inspect(args) => inspect::run(args).await,
+            Command::Copy(args) => copy_cmd::run(args).await,
         }
     });
     match result {

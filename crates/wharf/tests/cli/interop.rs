@@ -19,7 +19,7 @@ fn skopeo_copy_all_round_trip(backend: Backend) {
     assert_eq!(skopeo_inspect_raw(&server.docker_ref("team/app:v1")), image.index.bytes);
     for child in &image.children {
         let got = skopeo_inspect_raw(&server.docker_ref(&format!("team/app@{}", child.manifest.digest)));
-        assert_eq!(got, child.manifest.bytes, "child {}", child.platform.to_string());
+        assert_eq!(got, child.manifest.bytes, "child {:?}", child.platform);
     }
     // And out again into an OCI layout, digests unchanged.
     let out = tempfile::tempdir().unwrap();

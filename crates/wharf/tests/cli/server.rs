@@ -1,6 +1,5 @@
 //! Runs the real `wharf serve` binary on a free loopback port.
 
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -78,9 +77,6 @@ impl WharfServer {
         format!("docker://{}/{rest}", self.addr)
     }
 
-    pub fn data_dir(&self) -> &Path {
-        self._dir.path()
-    }
 }
 
 fn wait_ready(addr: &str, child: &mut Child) -> bool {

@@ -1,0 +1,158 @@
+//! Moving manifests and their blobs: blobs in parallel (skip what the destination has, mount
+//! what it has elsewhere, else stream verified), then manifests, children before parents.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use futures_util::{StreamExt, TryStreamExt};
+use wharf_client::{BlobOpener, ByteStream, ClientError, RawManifest};
+use wharf_oci::{Descriptor, Reference, media_types};
+
+use crate::copier::{Job, parse_manifest};
+use crate::endpoint::Endpoint;
+use crate::stream::reporting;
+use crate::{BlobOutcome, MirrorError, Progress};
+
+/// What one or more manifests need at the destination.
+#[derive(Default)]
+pub(crate) struct Tree {
+    /// In push order: the children of an index before the index.
+    pub manifests: Vec<RawManifest>,
+    pub blobs: Vec<Descriptor>,
+}
+
+impl Job<'_> {
+    /// Fetch a manifest from the source by digest; absent is an error naming it.
+    pub(crate) async fn fetch(&self, desc: &Descriptor) -> Result<RawManifest, MirrorError> {
+        let mut m =
+            self.src.get_manifest(Some(&Reference::Digest(desc.digest.clone()))).await?.ok_or_else(|| {
+                MirrorError::NotFound(format!(
+                    "manifest {} not found in {}",
+                    desc.digest,
+                    self.src.describe()
+                ))
+            })?;
+        // A layout knows a child's media type only from the descriptor that points at it.
+        if matches!(self.src, Endpoint::Layout(_)) && media_types::is_manifest(&desc.media_type) {
+            m.media_type = desc.media_type.clone();
+        }
+        Ok(m)
+    }
+
+    /// Add `m` and everything it references (nested indexes whole) to `tree`.
+    pub(crate) async fn gather(&self, m: RawManifest, tree: &mut Tree) -> Result<(), MirrorError> {
+        let parsed = parse_manifest(&m, &self.src)?;
+        if parsed.is_index() {
+            for child in parsed.children() {
+                let raw = self.fetch(child).await?;
+                Box::pin(self.gather(raw, tree)).await?;
+            }
+        } else {
+            for blob in parsed.blobs() {
+                // Foreign layers live at their `urls`, not in registries.
+                if media_types::is_foreign_layer(&blob.media_type) && blob.urls.is_some() {
+                    continue;
+                }
+                tree.blobs.push(blob.clone());
+            }
+        }
+        tree.manifests.push(m);
+        Ok(())
+    }
+
+    /// Blobs (parallel, bounded by `jobs`), then manifests in order, skipping what is there.
+    pub(crate) async fn transfer(&self, tree: Tree) -> Result<(), MirrorError> {
+        let mut seen = HashSet::new();
+        let blobs: Vec<Descriptor> =
+            tree.blobs.into_iter().filter(|b| seen.insert(b.digest.clone())).collect();
+        futures_util::stream::iter(blobs.iter().map(|b| self.copy_blob(b)))
+            .buffer_unordered(self.jobs())
+            .try_collect::<()>()
+            .await?;
+        let mut done = HashSet::new();
+        for m in tree.manifests {
+            if done.insert(m.digest.clone()) {
+                self.copy_manifest(&m).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Push a manifest by digest unless the destination has it.
+    pub(crate) async fn copy_manifest(&self, m: &RawManifest) -> Result<(), MirrorError> {
+        let size = m.bytes.len() as u64;
+        if self.dst.has_manifest(&m.digest).await? {
+            self.add_existing(size);
+            return Ok(());
+        }
+        self.dst.put_manifest(m, None).await?;
+        self.add_copied(size);
+        Ok(())
+    }
+
+    async fn copy_blob(&self, blob: &Descriptor) -> Result<(), MirrorError> {
+        let digest = &blob.digest;
+        let store = self.dst.store_key();
+        let repo = self.dst.repo().cloned();
+        let progress = self.progress().clone();
+        let _turn = self.ledger().turn(&store, digest).await;
+        let holders = self.ledger().holders(&store, digest);
+        if holders.contains(&repo) {
+            self.add_existing(blob.size);
+            progress.blob_done(digest, BlobOutcome::Existing);
+            return Ok(());
+        }
+        if self.dst.blob_size(digest).await?.is_some() {
+            self.ledger().record(&store, digest, repo.as_ref());
+            self.add_existing(blob.size);
+            progress.blob_done(digest, BlobOutcome::Existing);
+            return Ok(());
+        }
+        for from in holders.iter().flatten() {
+            match self.dst.mount(digest, from).await {
+                Ok(true) => {
+                    self.ledger().record(&store, digest, repo.as_ref());
+                    self.add_existing(blob.size);
+                    progress.blob_done(digest, BlobOutcome::Mounted);
+                    return Ok(());
+                }
+                Ok(false) => {}
+                // A refused mount is no reason to fail: the blob is copied instead.
+                Err(e) => tracing::debug!(%digest, error = %e, "mount failed; copying"),
+            }
+        }
+        progress.blob_started(digest, blob.size);
+        let opener = source_opener(self.src.clone(), blob.clone(), progress.clone());
+        if let Err(e) = self.dst.put_blob(digest, blob.size, opener).await {
+            progress.blob_done(digest, BlobOutcome::Failed);
+            return Err(e);
+        }
+        self.ledger().record(&store, digest, repo.as_ref());
+        self.add_copied(blob.size);
+        progress.blob_done(digest, BlobOutcome::Copied(blob.size));
+        Ok(())
+    }
+}
+
+/// Opens the source blob at an offset (so an upload can resume), checking its size; from
+/// offset 0 the stream is verified against the digest as it flows.
+fn source_opener(src: Endpoint, blob: Descriptor, progress: Arc<dyn Progress>) -> BlobOpener {
+    Box::new(move |offset| {
+        let (src, blob, progress) = (src.clone(), blob.clone(), progress.clone());
+        Box::pin(async move {
+            let (size, stream): (u64, ByteStream) = src.open_blob(&blob.digest, offset).await?;
+            if size != blob.size {
+                return Err(ClientError::Invalid(format!(
+                    "blob {} is {size} bytes at the source, but its descriptor says {}",
+                    blob.digest, blob.size
+                )));
+            }
+            Ok(reporting(stream, blob.digest.clone(), progress))
+        })
+    })
+}
+
+/// Sum of a manifest's own size and its blobs (for `bytes_filtered`).
+pub(crate) fn manifest_footprint(m: &RawManifest, blobs: &[&Descriptor]) -> u64 {
+    m.bytes.len() as u64 + blobs.iter().map(|b| b.size).sum::<u64>()
+}

@@ -1,0 +1,154 @@
+//! The sync file (TOML): defaults, then one `[[images]]` entry per source repository.
+
+use std::path::Path;
+
+use wharf_oci::{Digest, Platform};
+
+use crate::SyncError;
+
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncConfig {
+    #[serde(default)]
+    pub defaults: Defaults,
+    #[serde(default)]
+    pub images: Vec<ImageSpec>,
+}
+
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Defaults {
+    /// Platforms to copy from each index; empty or absent: all.
+    #[serde(default)]
+    pub platforms: Vec<String>,
+    /// A prefix: the source repository path is appended (`docker://HOST/mirror` +
+    /// `team/app`), or an `oci:`/`oci-archive:` bundle that receives every image.
+    pub dest: Option<String>,
+    pub src_tls_verify: Option<bool>,
+    pub dest_tls_verify: Option<bool>,
+    /// `USER:PASSWORD`; else the auth files docker and podman use.
+    pub src_creds: Option<String>,
+    pub dest_creds: Option<String>,
+    /// Images copied at the same time.
+    pub jobs: Option<usize>,
+    /// Blobs moved at the same time within one image.
+    pub blob_jobs: Option<usize>,
+    #[serde(default)]
+    pub no_referrers: bool,
+}
+
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageSpec {
+    /// `docker://HOST/REPO` (a repository, without tag), or `oci:`/`oci-archive:`.
+    pub source: String,
+    pub tags: Option<Vec<String>>,
+    pub tags_regex: Option<String>,
+    pub tags_semver: Option<String>,
+    pub tags_latest: Option<usize>,
+    pub digests: Option<Vec<String>>,
+    pub platforms: Option<Vec<String>>,
+    pub dest: Option<String>,
+}
+
+impl SyncConfig {
+    pub fn load(path: &Path) -> Result<SyncConfig, SyncError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| SyncError::Config(format!("reading {}: {e}", path.display())))?;
+        let config: SyncConfig =
+            toml::from_str(&text).map_err(|e| SyncError::Config(format!("{}: {e}", path.display())))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Check everything that can be checked without the network, naming the entry.
+    pub fn validate(&self) -> Result<(), SyncError> {
+        parse_platforms(&self.defaults.platforms).map_err(|e| SyncError::Config(format!("defaults: {e}")))?;
+        if self.images.is_empty() {
+            return Err(SyncError::Config("no [[images]] entries: nothing to sync".into()));
+        }
+        for (i, img) in self.images.iter().enumerate() {
+            let at = |e: String| SyncError::Config(format!("images[{i}] ({}): {e}", img.source));
+            if img.dest.is_none() && self.defaults.dest.is_none() {
+                return Err(at("no dest here and no defaults.dest prefix".into()));
+            }
+            let selectors = [
+                img.tags.is_some(),
+                img.tags_regex.is_some(),
+                img.tags_semver.is_some(),
+                img.tags_latest.is_some(),
+                img.digests.is_some(),
+            ];
+            if !selectors.iter().any(|s| *s) {
+                return Err(at(
+                    "say which tags: tags, tags_regex, tags_semver, tags_latest or digests".into()
+                ));
+            }
+            if let Some(p) = &img.platforms {
+                parse_platforms(p).map_err(at)?;
+            }
+            if let Some(r) = &img.tags_regex {
+                regex::Regex::new(r).map_err(|e| at(format!("tags_regex: {e}")))?;
+            }
+            if let Some(s) = &img.tags_semver {
+                crate::select::parse_semver_range(s).map_err(at)?;
+            }
+            for d in img.digests.iter().flatten() {
+                d.parse::<Digest>().map_err(|e| at(e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+pub fn parse_platforms(list: &[String]) -> Result<Vec<Platform>, String> {
+    list.iter().map(|p| p.parse::<Platform>().map_err(|e| e.to_string())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_design_example() {
+        let c: SyncConfig = toml::from_str(
+            r#"
+            [defaults]
+            platforms = ["linux/amd64", "linux/arm64"]
+            dest = "docker://127.0.0.1:5000/mirror"
+
+            [[images]]
+            source = "docker://registry.example.com/team/app"
+            tags = ["v1", "v2"]
+            platforms = ["linux/amd64"]
+            dest = "docker://127.0.0.1:5000/other/app"
+
+            [[images]]
+            source = "docker://registry.example.com/team/db"
+            tags_semver = ">=1.2, <2"
+            "#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.images.len(), 2);
+    }
+
+    #[test]
+    fn names_the_broken_entry() {
+        let c: SyncConfig = toml::from_str(
+            r#"
+            [defaults]
+            dest = "docker://h/m"
+            [[images]]
+            source = "docker://h/a"
+            tags_regex = "("
+            "#,
+        )
+        .unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("images[0]") && e.contains("tags_regex"), "{e}");
+        let c: SyncConfig = toml::from_str("[[images]]\nsource = \"docker://h/a\"\ntags=[\"v1\"]").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("no dest"));
+        assert!(toml::from_str::<SyncConfig>("[[images]]\nsorce = \"x\"").is_err());
+    }
+}
