@@ -76,7 +76,6 @@ impl WharfServer {
     pub fn docker_ref(&self, rest: &str) -> String {
         format!("docker://{}/{rest}", self.addr)
     }
-
 }
 
 fn wait_ready(addr: &str, child: &mut Child) -> bool {
