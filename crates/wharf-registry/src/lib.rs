@@ -2,11 +2,13 @@
 //!
 //! This layer knows OCI semantics and nothing of HTTP; `wharf-server` translates.
 
+mod cache;
 pub mod error;
 pub mod policy;
 pub mod registry;
 pub mod report;
 
+pub use cache::ServedManifest;
 pub use error::{MissingChild, RegistryError, Result};
 pub use policy::{IndexPolicy, IndexRule, RepoPattern};
 pub use registry::{MountOutcome, PushedManifest, Registry, RegistryConfig};

@@ -3,6 +3,8 @@
 use std::sync::Arc;
 
 use wharf_metadata::{ChildRecord, MetadataStore, NewManifest, StoredManifest};
+
+use crate::cache::{ServedManifest, TagCache};
 use wharf_oci::{
     Algorithm, Descriptor, Digest, Manifest, ManifestError, Reference, RepoName, Tag, media_types,
 };
@@ -29,6 +31,8 @@ struct Inner {
     blobs: BlobStore,
     meta: MetadataStore,
     config: RegistryConfig,
+    /// Present when this process is the metadata's only writer (SQLite).
+    tag_cache: Option<TagCache>,
 }
 
 /// What a successful manifest push reports back.
@@ -51,7 +55,8 @@ pub enum MountOutcome {
 
 impl Registry {
     pub fn new(blobs: BlobStore, meta: MetadataStore, config: RegistryConfig) -> Registry {
-        Registry { inner: Arc::new(Inner { blobs, meta, config }) }
+        let tag_cache = (meta.backend() == "sqlite").then(TagCache::default);
+        Registry { inner: Arc::new(Inner { blobs, meta, config, tag_cache }) }
     }
 
     pub fn config(&self) -> &RegistryConfig {
@@ -271,18 +276,41 @@ impl Registry {
         })
     }
 
-    pub async fn get_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<StoredManifest> {
-        // By tag: one query for tag and bytes (the pull hot path).
+    pub async fn get_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<ServedManifest> {
+        let served = |m: StoredManifest| ServedManifest {
+            digest: m.digest,
+            media_type: m.media_type,
+            content: m.content.into(),
+        };
+        // By tag: the pull hot path. From the cache, else one query for tag and bytes.
         if let Reference::Tag(tag) = reference {
+            let cache = self.inner.tag_cache.as_ref();
+            if let Some(hit) = cache.and_then(|c| c.get(repo, tag)) {
+                return Ok(hit);
+            }
+            let generation = cache.map(TagCache::generation);
             return match self.inner.meta.get_tagged_manifest(repo, tag).await? {
-                Some(m) => Ok(m),
+                Some(m) => {
+                    let m = served(m);
+                    if let (Some(c), Some(g)) = (cache, generation) {
+                        c.fill(g, repo, tag, &m);
+                    }
+                    Ok(m)
+                }
                 None => Err(self.manifest_unknown(repo, reference).await?),
             };
         }
         let digest = self.resolve(repo, reference).await?;
         match self.inner.meta.get_manifest(repo, &digest).await? {
-            Some(m) => Ok(m),
+            Some(m) => Ok(served(m)),
             None => Err(self.manifest_unknown(repo, &Reference::Digest(digest)).await?),
+        }
+    }
+
+    /// Tags of `repo` may have changed: drop what the cache holds for it.
+    fn invalidate(&self, repo: &RepoName) {
+        if let Some(c) = &self.inner.tag_cache {
+            c.invalidate(repo);
         }
     }
 
@@ -350,6 +378,8 @@ impl Registry {
                 tag,
             })
             .await?;
+        // After the commit: a reader that saw the old tag cannot fill the cache any more.
+        self.invalidate(repo);
         Ok(PushedManifest { digest, subject })
     }
 
@@ -425,6 +455,7 @@ impl Registry {
             Reference::Digest(d) => self.inner.meta.delete_manifest(repo, d).await?,
             Reference::Tag(t) => self.inner.meta.delete_tag(repo, t).await?,
         };
+        self.invalidate(repo);
         if deleted { Ok(()) } else { Err(self.manifest_unknown(repo, reference).await?) }
     }
 

@@ -136,10 +136,7 @@ pub(crate) fn body_stream(body: Body) -> BodyStream {
     Box::pin(body.into_data_stream().map_err(std::io::Error::other))
 }
 
-pub(crate) fn header_str(
-    headers: &HeaderMap,
-    name: impl axum::http::header::AsHeaderName,
-) -> Option<&str> {
+pub(crate) fn header_str(headers: &HeaderMap, name: impl axum::http::header::AsHeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 

@@ -4,7 +4,11 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 use wharf_oci::{MAX_MANIFEST_BYTES, Reference, RepoName};
+
+/// How much of an oversized manifest body is read and dropped before answering 413.
+const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
 use wharf_registry::{Registry, RegistryError};
 
 use crate::{ApiResult, CONTENT_DIGEST, OCI_SUBJECT, header_str};
@@ -36,14 +40,24 @@ pub async fn get(reg: &Registry, repo: &RepoName, reference: &Reference, with_bo
 pub async fn put(reg: &Registry, repo: &RepoName, reference: &Reference, req: Request) -> ApiResult {
     let content_type = header_str(req.headers(), header::CONTENT_TYPE).map(str::to_owned);
     let declared = header_str(req.headers(), header::CONTENT_LENGTH).and_then(|l| l.parse::<usize>().ok());
-    if let Some(n) = declared
-        && n > MAX_MANIFEST_BYTES
-    {
-        return Err(RegistryError::ManifestTooLarge(n).into());
+    let mut body = req.into_body().into_data_stream();
+    let mut bytes = Vec::with_capacity(declared.unwrap_or(0).min(MAX_MANIFEST_BYTES));
+    let mut received = 0usize;
+    while let Some(chunk) = body.next().await {
+        let chunk =
+            chunk.map_err(|e| RegistryError::ManifestInvalid(format!("reading the manifest body: {e}")))?;
+        received += chunk.len();
+        if received <= MAX_MANIFEST_BYTES {
+            bytes.extend_from_slice(&chunk);
+        } else if received > DRAIN_LIMIT {
+            break;
+        }
     }
-    let bytes = axum::body::to_bytes(req.into_body(), MAX_MANIFEST_BYTES + 1)
-        .await
-        .map_err(|_| RegistryError::ManifestTooLarge(MAX_MANIFEST_BYTES + 1))?;
+    if received > MAX_MANIFEST_BYTES {
+        // Read (and dropped) the rest first, up to a bound, so that the client sees the 413
+        // instead of a connection reset in the middle of its upload.
+        return Err(RegistryError::ManifestTooLarge(received.max(declared.unwrap_or(0))).into());
+    }
     let pushed = reg.put_manifest(repo, reference, content_type.as_deref(), &bytes).await?;
     let mut resp = StatusCode::CREATED.into_response();
     let h = resp.headers_mut();

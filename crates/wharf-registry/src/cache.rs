@@ -1,0 +1,99 @@
+//! Tag → manifest bytes for the pull hot path (`GET /v2/<name>/manifests/<tag>`).
+//!
+//! Only used when this process is the only writer of the metadata (SQLite): with PostgreSQL,
+//! other replicas may move a tag at any time, so every read goes to the database.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use wharf_oci::{Digest, RepoName, Tag};
+
+/// A manifest as served: exact bytes, shared without copying.
+#[derive(Debug, Clone)]
+pub struct ServedManifest {
+    pub digest: Digest,
+    pub media_type: String,
+    pub content: Bytes,
+}
+
+/// Bytes of manifests kept; past this the cache starts over (manifests are small and tags
+/// few, so this is rarely reached and a simple reset is enough).
+const BUDGET: usize = 16 * 1024 * 1024;
+
+#[derive(Default)]
+pub struct TagCache {
+    entries: Mutex<(HashMap<(RepoName, Tag), ServedManifest>, usize)>,
+    /// Bumped on every write. A reader fills the cache only if no write happened since it
+    /// started reading the database, so a stale read never lands after an invalidation.
+    generation: AtomicU64,
+}
+
+impl TagCache {
+    pub fn get(&self, repo: &RepoName, tag: &Tag) -> Option<ServedManifest> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.0.get(&(repo.clone(), tag.clone())).cloned()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    pub fn fill(&self, generation: u64, repo: &RepoName, tag: &Tag, m: &ServedManifest) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if self.generation.load(Ordering::Acquire) != generation {
+            return;
+        }
+        if entries.1 + m.content.len() > BUDGET {
+            entries.0.clear();
+            entries.1 = 0;
+        }
+        entries.1 += m.content.len();
+        entries.0.insert((repo.clone(), tag.clone()), m.clone());
+    }
+
+    /// Forget every tag of `repo` (after any manifest or tag write there).
+    pub fn invalidate(&self, repo: &RepoName) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        let (map, bytes) = &mut *entries;
+        map.retain(|(r, _), m| {
+            let keep = r != repo;
+            if !keep {
+                *bytes -= m.content.len();
+            }
+            keep
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(s: &'static str) -> ServedManifest {
+        ServedManifest {
+            digest: Digest::sha256_of(s.as_bytes()),
+            media_type: "x".into(),
+            content: Bytes::from_static(s.as_bytes()),
+        }
+    }
+
+    #[test]
+    fn a_write_during_a_read_keeps_the_stale_value_out() {
+        let cache = TagCache::default();
+        let (repo, tag): (RepoName, Tag) = ("a".parse().unwrap(), "v1".parse().unwrap());
+        let before = cache.generation();
+        cache.invalidate(&repo); // a push lands while the reader is at the database
+        cache.fill(before, &repo, &tag, &m("old"));
+        assert!(cache.get(&repo, &tag).is_none());
+        let now = cache.generation();
+        cache.fill(now, &repo, &tag, &m("new"));
+        assert_eq!(cache.get(&repo, &tag).unwrap().content, "new");
+        cache.invalidate(&"b".parse().unwrap());
+        assert!(cache.get(&repo, &tag).is_some(), "other repositories are untouched");
+        cache.invalidate(&repo);
+        assert!(cache.get(&repo, &tag).is_none());
+    }
+}
