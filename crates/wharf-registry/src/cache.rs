@@ -22,9 +22,12 @@ pub struct ServedManifest {
 /// few, so this is rarely reached and a simple reset is enough).
 const BUDGET: usize = 16 * 1024 * 1024;
 
+/// The cached manifests and the bytes they hold.
+type Entries = (HashMap<(RepoName, Tag), ServedManifest>, usize);
+
 #[derive(Default)]
 pub struct TagCache {
-    entries: Mutex<(HashMap<(RepoName, Tag), ServedManifest>, usize)>,
+    entries: Mutex<Entries>,
     /// Bumped on every write. A reader fills the cache only if no write happened since it
     /// started reading the database, so a stale read never lands after an invalidation.
     generation: AtomicU64,
