@@ -7,9 +7,11 @@ pub mod error;
 pub mod policy;
 pub mod registry;
 pub mod report;
+pub mod upstream;
 
 pub use cache::ServedManifest;
 pub use error::{MissingChild, RegistryError, Result};
 pub use policy::{IndexPolicy, IndexRule, RepoPattern};
 pub use registry::{MountOutcome, PushedManifest, Registry, RegistryConfig};
 pub use report::{ChildReport, IndexReport, ReferrerReport};
+pub use upstream::{BoxFuture, Upstream, UpstreamRule};

@@ -13,6 +13,7 @@ use wharf_storage::{BlobRead, BlobStore, BodyStream};
 use crate::error::{MissingChild, RegistryError, Result};
 use crate::policy::{IndexPolicy, IndexRule};
 use crate::report::{ChildReport, IndexReport, ReferrerReport};
+use crate::upstream::{Upstream, UpstreamRule};
 
 /// Settings that change what the registry accepts.
 #[derive(Debug, Clone, Default)]
@@ -20,6 +21,8 @@ pub struct RegistryConfig {
     pub index_policy: IndexPolicy,
     /// URL prefixes a foreign (non-distributable) layer may point at and so be absent.
     pub foreign_layer_urls: Vec<String>,
+    /// Upstreams that fill absent manifests and blobs on demand; first matching pattern wins.
+    pub upstreams: Vec<UpstreamRule>,
 }
 
 #[derive(Clone)]
@@ -84,7 +87,10 @@ impl Registry {
 
     /// Size of a blob readable in `repo`.
     pub async fn blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
-        match self.inner.meta.linked_blob_size(repo, digest).await? {
+        if let Some(size) = self.inner.meta.linked_blob_size(repo, digest).await? {
+            return Ok(size);
+        }
+        match self.fill_blob(repo, digest).await? {
             Some(size) => Ok(size),
             None => Err(RegistryError::BlobUnknown { repo: repo.clone(), digest: digest.clone() }),
         }
@@ -301,10 +307,15 @@ impl Registry {
             };
         }
         let digest = self.resolve(repo, reference).await?;
-        match self.inner.meta.get_manifest(repo, &digest).await? {
-            Some(m) => Ok(served(m)),
-            None => Err(self.manifest_unknown(repo, &Reference::Digest(digest)).await?),
+        if let Some(m) = self.inner.meta.get_manifest(repo, &digest).await? {
+            return Ok(served(m));
         }
+        if self.fill_manifest(repo, &digest, 0).await?
+            && let Some(m) = self.inner.meta.get_manifest(repo, &digest).await?
+        {
+            return Ok(served(m));
+        }
+        Err(self.manifest_unknown(repo, &Reference::Digest(digest)).await?)
     }
 
     /// Tags of `repo` may have changed: drop what the cache holds for it.
@@ -321,10 +332,15 @@ impl Registry {
         reference: &Reference,
     ) -> Result<(Digest, String, u64)> {
         let digest = self.resolve(repo, reference).await?;
-        match self.inner.meta.manifest_exists(repo, &digest).await? {
-            Some((media_type, size)) => Ok((digest, media_type, size)),
-            None => Err(self.manifest_unknown(repo, &Reference::Digest(digest)).await?),
+        if let Some((media_type, size)) = self.inner.meta.manifest_exists(repo, &digest).await? {
+            return Ok((digest, media_type, size));
         }
+        if self.fill_manifest(repo, &digest, 0).await?
+            && let Some((media_type, size)) = self.inner.meta.manifest_exists(repo, &digest).await?
+        {
+            return Ok((digest, media_type, size));
+        }
+        Err(self.manifest_unknown(repo, &Reference::Digest(digest)).await?)
     }
 
     /// Validate and store a manifest as the exact bytes received.
@@ -457,6 +473,70 @@ impl Registry {
         };
         self.invalidate(repo);
         if deleted { Ok(()) } else { Err(self.manifest_unknown(repo, reference).await?) }
+    }
+
+    // ---- on-demand fill ----------------------------------------------------------------
+
+    fn upstream_for(&self, repo: &RepoName) -> Option<&Arc<dyn Upstream>> {
+        self.inner.config.upstreams.iter().find(|r| r.pattern.matches(repo)).map(|r| &r.upstream)
+    }
+
+    /// Fetch manifest `digest` (and the blobs it needs) from the repository's upstream and
+    /// store it through the normal push path. `Ok(false)` when there is no upstream, it does
+    /// not have the manifest, or it cannot be reached (logged).
+    async fn fill_manifest(&self, repo: &RepoName, digest: &Digest, depth: u8) -> Result<bool> {
+        let Some(upstream) = self.upstream_for(repo) else { return Ok(false) };
+        let (media_type, bytes) = match upstream.manifest(repo, digest).await {
+            Ok(Some(m)) => m,
+            Ok(None) => return Ok(false),
+            Err(e) => {
+                tracing::warn!(%repo, %digest, upstream = %upstream.describe(), error = %e, "on-demand fill failed");
+                return Ok(false);
+            }
+        };
+        if !digest.verifies(&bytes) {
+            tracing::warn!(%repo, %digest, upstream = %upstream.describe(), "upstream sent a manifest with another digest");
+            return Ok(false);
+        }
+        let Ok(manifest) = Manifest::parse(Some(&media_type), &bytes) else { return Ok(false) };
+        for desc in manifest.blobs() {
+            if !self.foreign_allowed(desc)
+                && self.inner.meta.linked_blob_size(repo, &desc.digest).await?.is_none()
+            {
+                self.fill_blob(repo, &desc.digest).await?;
+            }
+        }
+        // An index needs whatever children this repository's policy requires.
+        if depth < 2 {
+            let rule = self.index_rule(repo).clone();
+            for child in manifest.children() {
+                if rule.requires(child)
+                    && self.inner.meta.manifest_exists(repo, &child.digest).await?.is_none()
+                {
+                    Box::pin(self.fill_manifest(repo, &child.digest, depth + 1)).await?;
+                }
+            }
+        }
+        self.put_manifest(repo, &Reference::Digest(digest.clone()), Some(&media_type), &bytes).await?;
+        tracing::info!(%repo, %digest, upstream = %upstream.describe(), "filled manifest from upstream");
+        Ok(true)
+    }
+
+    /// Fetch blob `digest` from the repository's upstream, verify, store, link.
+    async fn fill_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>> {
+        let Some(upstream) = self.upstream_for(repo) else { return Ok(None) };
+        let stream = match upstream.blob(repo, digest).await {
+            Ok(Some(s)) => s,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                tracing::warn!(%repo, %digest, upstream = %upstream.describe(), error = %e, "on-demand fill failed");
+                return Ok(None);
+            }
+        };
+        let size = self.inner.blobs.put_stream(digest, stream).await?;
+        self.inner.meta.link_blob(repo, digest, size).await?;
+        tracing::info!(%repo, %digest, size, upstream = %upstream.describe(), "filled blob from upstream");
+        Ok(Some(size))
     }
 
     // ---- discovery ---------------------------------------------------------------------

@@ -19,6 +19,9 @@ pub struct ServerFile {
     pub foreign_layer_urls: Vec<String>,
     /// Abandoned uploads are removed after this many hours (default 24).
     pub upload_expiry_hours: Option<u64>,
+    /// Upstreams that fill absent manifests and blobs on demand.
+    #[serde(default)]
+    pub upstreams: Vec<crate::upstream::UpstreamFile>,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -80,6 +83,7 @@ pub fn registry_config(file: &ServerFile, default_policy: Option<&str>) -> anyho
     Ok(RegistryConfig {
         index_policy: IndexPolicy { default, repositories },
         foreign_layer_urls: file.foreign_layer_urls.clone(),
+        upstreams: crate::upstream::upstream_rules(&file.upstreams)?,
     })
 }
 

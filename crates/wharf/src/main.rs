@@ -4,6 +4,7 @@ mod config;
 mod copy_cmd;
 mod inspect;
 mod serve;
+mod upstream;
 
 use clap::{Parser, Subcommand};
 

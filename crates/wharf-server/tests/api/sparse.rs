@@ -25,7 +25,7 @@ fn config() -> RegistryConfig {
                 ),
             ],
         },
-        foreign_layer_urls: Vec::new(),
+        ..RegistryConfig::default()
     }
 }
 

@@ -122,3 +122,85 @@ fn refuses_plainly_when_the_destination_cannot_hold_a_sparse_index() {
         serde_json::from_slice(&skopeo_inspect_raw(&dest.docker_ref("app:v1"))).unwrap();
     assert_eq!(rewritten["manifests"].as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn a_killed_copy_completes_when_run_again() {
+    let upstream = Distribution::start();
+    // Big enough that the copy is still running when the first blob has landed.
+    let image = TestImage::builder().seed(13).tag("v1").layers(2).layer_size(16 << 20).build();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(upstream.client().push_image("vendor/app", &image)).unwrap();
+    let server = WharfServer::start(Backend::Sqlite, "");
+    let blobs: Vec<String> = image.blobs().iter().map(|b| b.digest.clone()).collect();
+
+    let mut child = wharf()
+        .args(["copy", &upstream.docker_ref("vendor/app:v1"), &server.docker_ref("app:v1"), "--jobs", "1"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let http = http_status;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let landed = blobs.iter().any(|d| http(&format!("http://{}/v2/app/blobs/{d}", server.addr)) == 200);
+        if landed || std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().unwrap(); // SIGKILL: no chance to clean up
+    child.wait().unwrap();
+    assert_eq!(
+        http_status(&format!("http://{}/v2/app/manifests/v1", server.addr)),
+        404,
+        "the copy was killed before it published the index"
+    );
+
+    let out = run_ok(wharf().args([
+        "copy",
+        &upstream.docker_ref("vendor/app:v1"),
+        &server.docker_ref("app:v1"),
+        "--json",
+    ]));
+    let report: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert!(
+        report["bytes_existing"].as_u64().unwrap() >= 16 << 20,
+        "what landed before the kill is reused: {report}"
+    );
+    assert_eq!(skopeo_inspect_raw(&server.docker_ref("app:v1")), image.index.bytes);
+    for b in &blobs {
+        assert_eq!(http_status(&format!("http://{}/v2/app/blobs/{b}", server.addr)), 200);
+    }
+}
+
+#[test]
+fn inspect_works_against_a_registry_without_the_extension() {
+    let upstream = Distribution::start();
+    let image = TestImage::builder().seed(14).tag("v1").build();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(upstream.client().push_image("vendor/app", &image)).unwrap();
+    let out = run_ok(wharf().args(["inspect", "--json", &upstream.docker_ref("vendor/app:v1")]));
+    let report: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(report["digest"], image.index.digest.as_str());
+    assert_eq!(report["absent_children"], 0);
+    let platforms: Vec<&str> =
+        report["children"].as_array().unwrap().iter().map(|c| c["platform"].as_str().unwrap()).collect();
+    assert_eq!(platforms, vec!["linux/amd64", "linux/arm64", "linux/arm/v7", "linux/s390x"]);
+    let amd = image.platform("linux/amd64");
+    assert_eq!(report["children"][0]["stored_bytes"].as_u64().unwrap(), amd.total_size());
+    // The human table names every platform.
+    let table =
+        String::from_utf8(run_ok(wharf().args(["inspect", &upstream.docker_ref("vendor/app:v1")]))).unwrap();
+    assert!(table.contains("linux/s390x") && table.contains("4 of 4 children present"), "{table}");
+    // An image that is not there is a clear error.
+    let err = run_fails(wharf().args(["inspect", &upstream.docker_ref("vendor/app:nope")]));
+    assert!(err.contains("nope"), "{err}");
+}
+
+/// Status of a plain GET (the body is dropped).
+fn http_status(url: &str) -> u16 {
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", url])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
+}

@@ -2,6 +2,7 @@
 //! config file and flags). One test binary for the crate.
 
 mod copy;
+mod fill;
 mod interop;
 mod server;
 mod sparse;

@@ -1,0 +1,147 @@
+//! The HTTP side of on-demand fill: an `Upstream` over `wharf-client`.
+
+use anyhow::Context;
+use futures_util::TryStreamExt;
+use wharf_client::{ClientError, ClientOptions, Credentials, RegistryClient};
+use wharf_oci::{Digest, Reference, RepoName};
+use wharf_registry::{BoxFuture, RepoPattern, Upstream, UpstreamRule};
+use wharf_storage::BodyStream;
+
+/// `[[upstreams]]` in the server config.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamFile {
+    /// Local repositories this upstream fills, e.g. `mirror/**`.
+    pub pattern: String,
+    /// `docker://HOST[/PREFIX]`. The local name, less the pattern's fixed leading segments,
+    /// is appended: with `mirror/**` and `docker://up.example/vendor`, `mirror/team/app`
+    /// fills from `up.example/vendor/team/app`.
+    pub url: String,
+    #[serde(default = "default_true")]
+    pub tls_verify: bool,
+    /// `USER:PASSWORD`; else the auth files docker and podman use.
+    pub credentials: Option<String>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+struct HttpUpstream {
+    client: RegistryClient,
+    /// Leading segments of local names that the upstream does not have.
+    strip: Vec<String>,
+    /// Leading segments the upstream has that local names do not.
+    prefix: Option<String>,
+}
+
+impl HttpUpstream {
+    fn remote_repo(&self, local: &RepoName) -> Result<RepoName, String> {
+        let segments: Vec<&str> = local.as_str().split('/').collect();
+        let rest = if segments.len() > self.strip.len() && segments.iter().zip(&self.strip).all(|(a, b)| a == b) {
+            segments[self.strip.len()..].join("/")
+        } else {
+            local.to_string()
+        };
+        let name = match &self.prefix {
+            Some(p) => format!("{p}/{rest}"),
+            None => rest,
+        };
+        name.parse().map_err(|e| format!("upstream repository {name:?}: {e}"))
+    }
+}
+
+fn not_found_is_none<T>(r: Result<T, ClientError>) -> Result<Option<T>, String> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+impl Upstream for HttpUpstream {
+    fn describe(&self) -> String {
+        match &self.prefix {
+            Some(p) => format!("{}/{p}", self.client.host()),
+            None => self.client.host().to_owned(),
+        }
+    }
+
+    fn manifest<'a>(
+        &'a self,
+        repo: &'a RepoName,
+        digest: &'a Digest,
+    ) -> BoxFuture<'a, Result<Option<(String, Vec<u8>)>, String>> {
+        Box::pin(async move {
+            let remote = self.remote_repo(repo)?;
+            let m = not_found_is_none(self.client.get_manifest(&remote, &Reference::Digest(digest.clone())).await)?;
+            Ok(m.map(|m| (m.media_type, m.bytes.to_vec())))
+        })
+    }
+
+    fn blob<'a>(&'a self, repo: &'a RepoName, digest: &'a Digest) -> BoxFuture<'a, Result<Option<BodyStream>, String>> {
+        Box::pin(async move {
+            let remote = self.remote_repo(repo)?;
+            let blob = not_found_is_none(self.client.get_blob(&remote, digest, 0).await)?;
+            Ok(blob.map(|(_, stream)| -> BodyStream { Box::pin(stream.map_err(std::io::Error::other)) }))
+        })
+    }
+}
+
+/// Turn the config entries into the registry's rules.
+pub fn upstream_rules(files: &[UpstreamFile]) -> anyhow::Result<Vec<UpstreamRule>> {
+    let mut rules = Vec::new();
+    for (i, u) in files.iter().enumerate() {
+        let at = || format!("upstreams[{i}] (pattern {:?})", u.pattern);
+        let rest = u
+            .url
+            .strip_prefix("docker://")
+            .with_context(|| format!("{}: url must look like docker://HOST[/PREFIX]", at()))?;
+        let (host, prefix) = match rest.split_once('/') {
+            Some((h, p)) if !p.is_empty() => (h, Some(p.trim_end_matches('/').to_owned())),
+            _ => (rest.trim_end_matches('/'), None),
+        };
+        let credentials = match &u.credentials {
+            Some(c) => Some(Credentials::parse_user_pass(c).with_context(at)?),
+            None => wharf_client::credentials_for(host).with_context(at)?,
+        };
+        let options = ClientOptions { tls_verify: u.tls_verify, credentials, ..ClientOptions::default() };
+        let client = RegistryClient::new(host, options).with_context(at)?;
+        let strip = u.pattern.split('/').take_while(|s| !s.contains('*')).map(str::to_owned).collect();
+        rules.push(UpstreamRule {
+            pattern: RepoPattern::new(&u.pattern),
+            upstream: std::sync::Arc::new(HttpUpstream { client, strip, prefix }),
+        });
+    }
+    Ok(rules)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_local_names_to_upstream_names() {
+        let file = UpstreamFile {
+            pattern: "mirror/**".into(),
+            url: "docker://127.0.0.1:1/vendor".into(),
+            tls_verify: true,
+            credentials: Some("u:p".into()),
+        };
+        let rules = upstream_rules(&[file]).unwrap();
+        assert_eq!(rules[0].upstream.describe(), "127.0.0.1:1/vendor");
+        let up = HttpUpstream {
+            client: RegistryClient::new("127.0.0.1:1", ClientOptions::default()).unwrap(),
+            strip: vec!["mirror".into()],
+            prefix: Some("vendor".into()),
+        };
+        assert_eq!(up.remote_repo(&"mirror/team/app".parse().unwrap()).unwrap().as_str(), "vendor/team/app");
+        assert!(upstream_rules(&[UpstreamFile {
+            pattern: "x/**".into(),
+            url: "https://nope".into(),
+            tls_verify: true,
+            credentials: None
+        }])
+        .is_err());
+    }
+}
