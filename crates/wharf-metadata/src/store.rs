@@ -271,6 +271,12 @@ impl MetadataStore {
         self.backend.name()
     }
 
+    /// One round trip to the database through the read pool (for health checks).
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").fetch_one(&self.read).await?;
+        Ok(())
+    }
+
     /// The schema version the database is at.
     pub async fn schema_version(&self) -> Result<i64> {
         let row = sqlx::query("SELECT CAST(MAX(version) AS BIGINT) AS v FROM wharf_schema_version")

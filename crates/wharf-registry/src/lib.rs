@@ -14,4 +14,4 @@ pub use error::{MissingChild, RegistryError, Result};
 pub use policy::{IndexPolicy, IndexRule, RepoPattern};
 pub use registry::{MountOutcome, PushedManifest, Registry, RegistryConfig};
 pub use report::{ChildReport, IndexReport, ReferrerReport};
-pub use upstream::{BoxFuture, Upstream, UpstreamRule};
+pub use upstream::{BoxFuture, Upstream, UpstreamManifest, UpstreamRule};

@@ -16,6 +16,9 @@ use crate::policy::RepoPattern;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// A manifest from an upstream: media type and exact bytes.
+pub type UpstreamManifest = (String, Vec<u8>);
+
 /// Where absent content of some repositories comes from.
 pub trait Upstream: Send + Sync {
     /// For log lines and error messages, e.g. `registry.example.com/vendor`.
@@ -27,7 +30,7 @@ pub trait Upstream: Send + Sync {
         &'a self,
         repo: &'a RepoName,
         digest: &'a Digest,
-    ) -> BoxFuture<'a, Result<Option<(String, Vec<u8>)>, String>>;
+    ) -> BoxFuture<'a, Result<Option<UpstreamManifest>, String>>;
 
     /// The blob `digest` of the local repository `repo` as a stream (the store verifies the
     /// digest while writing); `Ok(None)` when the upstream does not have it.

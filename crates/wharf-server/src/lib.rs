@@ -7,6 +7,7 @@ mod blobs;
 mod discovery;
 pub mod error;
 mod manifests;
+mod metrics;
 mod wharf_ext;
 
 use std::future::Future;
@@ -17,7 +18,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use futures_util::TryStreamExt;
-use wharf_oci::{ErrorCode, Route, RouteError};
+use wharf_oci::{ErrorCode, NameError, Route, RouteError};
 use wharf_registry::Registry;
 use wharf_storage::BodyStream;
 
@@ -27,6 +28,7 @@ pub use error::ApiError;
 #[derive(Clone)]
 pub struct AppState {
     pub registry: Registry,
+    metrics: std::sync::Arc<metrics::Metrics>,
 }
 
 pub type ApiResult = Result<Response, ApiError>;
@@ -40,7 +42,11 @@ pub const OCI_FILTERS_APPLIED: HeaderName = HeaderName::from_static("oci-filters
 
 /// The whole API as a router.
 pub fn router(registry: Registry) -> Router {
-    Router::new().fallback(dispatch).with_state(AppState { registry })
+    Router::new()
+        .route("/metrics", axum::routing::get(metrics_endpoint))
+        .route("/healthz", axum::routing::get(health))
+        .fallback(dispatch)
+        .with_state(AppState { registry, metrics: Default::default() })
 }
 
 /// Serve until `shutdown` resolves, then finish in-flight requests.
@@ -55,15 +61,29 @@ pub async fn serve(
 /// Routes are recognised by `wharf_oci::Route` (repository names contain slashes, which
 /// path-template routers cannot express), then dispatched by method.
 async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
+    let started = std::time::Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let result = match Route::parse(&path) {
+    let parsed = Route::parse(&path);
+    let endpoint = metrics::endpoint(parsed.as_ref().ok());
+    let result = match parsed {
         Ok(route) => handle(&state, route, req).await,
         Err(RouteError::NotFound) => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             ErrorCode::NameUnknown,
             format!("no endpoint at {path}"),
         )),
+        // A reference that is not a valid tag names no manifest: pulling or deleting it is a
+        // 404 like any unknown manifest (the conformance suite pulls ".INVALID_MANIFEST_NAME").
+        Err(RouteError::Name(NameError::InvalidTag(tag)))
+            if matches!(method, Method::GET | Method::HEAD | Method::DELETE) =>
+        {
+            Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                ErrorCode::ManifestUnknown,
+                format!("manifest {tag:?} is unknown: it is not even a valid tag"),
+            ))
+        }
         Err(RouteError::Name(e)) => {
             Err(ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::NameInvalid, e.to_string()))
         }
@@ -77,7 +97,23 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
         *resp.body_mut() = Body::empty();
     }
     resp.headers_mut().insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
+    state.metrics.record(endpoint, &method, &path, resp.status().as_u16(), started.elapsed());
     resp
+}
+
+async fn metrics_endpoint(State(state): State<AppState>) -> Response {
+    ([("content-type", "text/plain; version=0.0.4")], state.metrics.render()).into_response()
+}
+
+/// Ready when the metadata database answers.
+async fn health(State(state): State<AppState>) -> Response {
+    match state.registry.metadata().ping().await {
+        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "health check: metadata database unreachable");
+            (StatusCode::SERVICE_UNAVAILABLE, "metadata database unreachable\n").into_response()
+        }
+    }
 }
 
 async fn handle(state: &AppState, route: Route, req: Request) -> ApiResult {

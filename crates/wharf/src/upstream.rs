@@ -4,7 +4,7 @@ use anyhow::Context;
 use futures_util::TryStreamExt;
 use wharf_client::{ClientError, ClientOptions, Credentials, RegistryClient};
 use wharf_oci::{Digest, Reference, RepoName};
-use wharf_registry::{BoxFuture, RepoPattern, Upstream, UpstreamRule};
+use wharf_registry::{BoxFuture, RepoPattern, Upstream, UpstreamManifest, UpstreamRule};
 use wharf_storage::BodyStream;
 
 /// `[[upstreams]]` in the server config.
@@ -71,7 +71,7 @@ impl Upstream for HttpUpstream {
         &'a self,
         repo: &'a RepoName,
         digest: &'a Digest,
-    ) -> BoxFuture<'a, Result<Option<(String, Vec<u8>)>, String>> {
+    ) -> BoxFuture<'a, Result<Option<UpstreamManifest>, String>> {
         Box::pin(async move {
             let remote = self.remote_repo(repo)?;
             let m = not_found_is_none(self.client.get_manifest(&remote, &Reference::Digest(digest.clone())).await)?;

@@ -34,6 +34,12 @@ async fn base_endpoint(b: Backend) {
     assert_eq!(resp.headers()["x-sparse-manifest-support"], "false");
     let resp = s.get("/v2/nothing/here/at/all").await;
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    // Operations: health and Prometheus metrics, outside /v2/.
+    let health = s.get("/healthz").await;
+    assert_eq!(health.status(), StatusCode::OK);
+    let metrics = s.get("/metrics").await.text().await.unwrap();
+    assert!(metrics.contains("wharf_http_requests_total{endpoint=\"base\",status=\"2xx\"} 1"), "{metrics}");
+    assert!(metrics.contains("wharf_http_requests_total{endpoint=\"other\",status=\"4xx\"} 1"), "{metrics}");
 }
 
 async fn monolithic_push_and_pull_with_ranges(b: Backend) {
