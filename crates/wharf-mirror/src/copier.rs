@@ -1,17 +1,17 @@
 //! The copy engine: one algorithm for every pair of transports (DESIGN.md, "The mirror").
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use wharf_client::{ClientOptions, RawManifest, RegistryClient, credentials_for};
-use wharf_oci::{Manifest, Platform, Tag};
+use wharf_client::{ClientError, ClientOptions, RegistryClient, credentials_for};
+use wharf_oci::{Digest, Platform, Reference, RepoName};
 
 use crate::endpoint::Endpoint;
 use crate::image_ref::{DOCKER_HUB, DOCKER_HUB_API};
-use crate::layout::OciLayout;
-use crate::{BlobLedger, CopyReport, ImageRef, ImageReport, MirrorError, NoProgress, Progress, archive};
+use crate::job::{Job, parse_manifest};
+use crate::layouts::LayoutHandle;
+use crate::{BlobLedger, CopyReport, ImageName, ImageRef, ImageReport, MirrorError, NoProgress, Progress};
 
 /// How to copy.
 #[derive(Clone, Debug)]
@@ -32,6 +32,13 @@ pub struct CopyOptions {
     /// Look credentials up in the auth files (`wharf_client::credentials_for`) for hosts
     /// whose client options carry none.
     pub lookup_credentials: bool,
+    /// Plan only: resolve, select, ask the destination what it has and add up sizes, exactly as
+    /// a copy would, but write nothing anywhere. The report's `bytes_copied` is then what a
+    /// copy would send.
+    pub dry_run: bool,
+    /// Split a destination `oci-archive:` into parts of at most this many bytes (`FILE`,
+    /// `FILE.part2`, ...), each a complete layout holding whole images.
+    pub max_archive_size: Option<u64>,
 }
 
 impl Default for CopyOptions {
@@ -45,44 +52,54 @@ impl Default for CopyOptions {
             src_client: ClientOptions::default(),
             dest_client: ClientOptions::default(),
             lookup_credentials: true,
+            dry_run: false,
+            max_archive_size: None,
         }
     }
 }
 
-/// Copy one image. For many copies in one run, use a [`Copier`] (shared ledger and clients).
+/// Copy one image (and write a destination archive). For many copies in one run, use a
+/// [`Copier`] (shared ledger and clients).
 pub async fn copy(
     src: &ImageRef,
     dst: &ImageRef,
     opts: &CopyOptions,
     progress: Arc<dyn Progress>,
 ) -> Result<CopyReport, MirrorError> {
-    Copier::new(opts.clone(), progress).copy(src, dst).await
+    let copier = Copier::new(opts.clone(), progress);
+    let mut report = copier.copy(src, dst).await?;
+    report.warnings.extend(copier.finish().await?.warnings);
+    Ok(report)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum Role {
+pub(crate) enum Role {
     Source,
     Destination,
 }
 
-/// A layout the run reads or writes; for an archive, the temporary layout behind it.
-struct LayoutHandle {
-    layout: Arc<OciLayout>,
-    /// For a destination archive: the file to write the layout back to.
-    archive: Option<PathBuf>,
-    /// Serialises writing the archive back.
-    pack: tokio::sync::Mutex<()>,
-    _tmp: Option<tempfile::TempDir>,
+/// What [`Copier::finish`] wrote.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct FinishReport {
+    /// Archive files written (with `--max-archive-size`, every part).
+    pub archives: Vec<PathBuf>,
+    pub warnings: Vec<String>,
 }
 
 /// Runs copies that share a [`BlobLedger`], registry clients (connections, tokens) and
 /// opened layouts and archives.
+///
+/// Destination archives are written once, by [`Copier::finish`], after the last copy: call it
+/// (the free function [`copy`] does), or nothing reaches the archive file.
 pub struct Copier {
-    opts: CopyOptions,
-    progress: Arc<dyn Progress>,
-    ledger: Arc<BlobLedger>,
+    pub(crate) opts: CopyOptions,
+    pub(crate) progress: Arc<dyn Progress>,
+    pub(crate) ledger: Arc<BlobLedger>,
     clients: Mutex<HashMap<(String, Role), RegistryClient>>,
-    layouts: tokio::sync::Mutex<HashMap<(PathBuf, Role), Arc<LayoutHandle>>>,
+    pub(crate) layouts: tokio::sync::Mutex<HashMap<(PathBuf, Role), Arc<LayoutHandle>>>,
+    /// Dry run: manifests a planned copy would have pushed (store, repository, digest), so that
+    /// later plans of the same run count them as there, as a real run would find them.
+    planned: Mutex<HashSet<(String, Option<RepoName>, Digest)>>,
 }
 
 impl Copier {
@@ -93,6 +110,7 @@ impl Copier {
             ledger: Arc::new(BlobLedger::new()),
             clients: Mutex::new(HashMap::new()),
             layouts: tokio::sync::Mutex::new(HashMap::new()),
+            planned: Mutex::new(HashSet::new()),
         }
     }
 
@@ -123,9 +141,9 @@ impl Copier {
 
     /// Copy `src` to `dst` with these platforms (empty: all), whatever the options say.
     ///
-    /// The destination tag is `dst`'s tag; without one, the source's tag (`latest` for a
-    /// registry source named without tag or digest); a source named by digest alone is
-    /// copied by digest, untagged.
+    /// The destination name is `dst`'s tag or layout name; without one, the source's (`latest`
+    /// for a registry source named without tag or digest; a bundle name `team/app:v1` gives
+    /// the registry tag `v1`); a source named by digest alone is copied by digest, untagged.
     pub async fn copy_platforms(
         &self,
         src: &ImageRef,
@@ -133,13 +151,18 @@ impl Copier {
         platforms: &[Platform],
     ) -> Result<CopyReport, MirrorError> {
         self.progress.image_started(&src.to_string(), &dst.to_string());
-        let (src_ep, _) = self.endpoint(src, Role::Source).await?;
-        let (dst_ep, dst_handle) = self.endpoint(dst, Role::Destination).await?;
+        let dest_name = destination_name(src, dst)?;
+        let src_ep = self.endpoint(src, Role::Source).await?;
+        let dst_ep = self.endpoint(dst, Role::Destination).await?;
         let job = Job::new(self, src_ep, dst_ep);
-        let top = job.src.get_manifest(src.source_reference().as_ref()).await?.ok_or_else(|| {
+        let top = match src.digest() {
+            Some(d) => job.src.get_manifest(Some(&Reference::Digest(d.clone()))).await?,
+            None => job.src.get_named(src.effective_name().as_ref()).await?,
+        };
+        let top = top.ok_or_else(|| {
             MirrorError::NotFound(format!("image {src} not found ({})", job.src.describe()))
         })?;
-        if let ImageRef::Docker { digest: Some(want), .. } = dst
+        if let Some(want) = dst.digest()
             && *want != top.digest
         {
             return Err(MirrorError::InvalidReference(format!(
@@ -148,10 +171,6 @@ impl Copier {
             )));
         }
         let parsed = parse_manifest(&top, &job.src)?;
-        let dest_tag = dst.tag().cloned().or_else(|| match dst {
-            ImageRef::Docker { digest: Some(_), .. } => None,
-            _ => src.effective_tag(),
-        });
         let mut image = ImageReport {
             source: src.to_string(),
             destination: dst.to_string(),
@@ -163,19 +182,43 @@ impl Copier {
             platforms_filtered: Vec::new(),
             referrers_copied: 0,
             rewritten: false,
+            tag_updated: false,
         };
         let pushed = if parsed.is_index() {
             job.copy_index(top, &parsed, platforms, dst, &mut image).await?
         } else {
             job.copy_single(top).await?
         };
-        job.publish(&pushed, dest_tag.as_ref()).await?;
+        image.tag_updated = job.publish(&pushed, dest_name.as_ref()).await?;
         image.destination_digest = pushed.digest.clone();
-        image.referrers_copied = job.referrers.load(Ordering::Relaxed);
-        if let Some(h) = dst_handle {
-            self.write_archive(&h).await?;
-        }
         Ok(job.into_report(image))
+    }
+
+    /// The tags of a registry repository (every page), or the names in a layout or archive.
+    /// A repository that does not exist is a `NotFound` error naming it.
+    pub async fn source_tags(&self, src: &ImageRef) -> Result<Vec<String>, MirrorError> {
+        match self.endpoint(src, Role::Source).await? {
+            Endpoint::Registry(r) => match r.client.list_tags(&r.repo).await {
+                Ok(tags) => Ok(tags),
+                Err(ClientError::NotFound { message, .. }) => Err(MirrorError::NotFound(format!(
+                    "repository {} not found at {}{}",
+                    r.repo,
+                    r.client.host(),
+                    message.map(|m| format!(": {m}")).unwrap_or_default()
+                ))),
+                Err(e) => Err(MirrorError::client(format!("listing the tags of {src}"))(e)),
+            },
+            Endpoint::Layout(l) => l.ref_names().await,
+        }
+    }
+
+    /// For a source layout or archive that is one part of a split bundle: (this part, how
+    /// many parts), from its `index.json`.
+    pub async fn bundle_part(&self, src: &ImageRef) -> Result<Option<(usize, usize)>, MirrorError> {
+        let Endpoint::Layout(l) = self.endpoint(src, Role::Source).await? else { return Ok(None) };
+        let a = l.index_annotations().await?;
+        let number = |k: &str| a.get(k).and_then(|v| v.parse::<usize>().ok());
+        Ok(number(crate::PART_ANNOTATION).zip(number(crate::PARTS_ANNOTATION)))
     }
 
     fn client(&self, host: &str, role: Role) -> Result<RegistryClient, MirrorError> {
@@ -196,182 +239,68 @@ impl Copier {
         Ok(client)
     }
 
-    /// The endpoint for an image reference, and for a destination archive the handle to write
-    /// back when the copy is done.
-    async fn endpoint(
-        &self,
-        r: &ImageRef,
-        role: Role,
-    ) -> Result<(Endpoint, Option<Arc<LayoutHandle>>), MirrorError> {
+    /// The endpoint for an image reference.
+    async fn endpoint(&self, r: &ImageRef, role: Role) -> Result<Endpoint, MirrorError> {
         match r {
             ImageRef::Docker { host, repo, .. } => {
-                Ok((Endpoint::registry(self.client(host, role)?, repo.clone()), None))
+                Ok(Endpoint::registry(self.client(host, role)?, repo.clone()))
             }
             ImageRef::Oci { path, .. } => {
-                let h = self.layout(path, role, false).await?;
-                Ok((Endpoint::Layout(h.layout.clone()), None))
+                Ok(Endpoint::Layout(self.layout(path, role, false).await?.layout.clone()))
             }
             ImageRef::OciArchive { path, .. } => {
-                let h = self.layout(path, role, true).await?;
-                let out = (role == Role::Destination).then(|| h.clone());
-                Ok((Endpoint::Layout(h.layout.clone()), out))
+                Ok(Endpoint::Layout(self.layout(path, role, true).await?.layout.clone()))
             }
         }
     }
 
-    /// Open (once per run) the layout at `path`, or the temporary layout of the archive there.
-    async fn layout(&self, path: &Path, role: Role, archive: bool) -> Result<Arc<LayoutHandle>, MirrorError> {
-        let abs =
-            std::path::absolute(path).map_err(MirrorError::io(format!("resolving {}", path.display())))?;
-        let mut layouts = self.layouts.lock().await;
-        if let Some(h) = layouts.get(&(abs.clone(), role)) {
-            return Ok(h.clone());
-        }
-        let handle = if archive {
-            let tmp = tempfile::Builder::new()
-                .prefix("wharf-oci-archive-")
-                .tempdir()
-                .map_err(MirrorError::io("creating a temporary directory"))?;
-            let exists = tokio::fs::metadata(&abs).await.is_ok();
-            if role == Role::Source && !exists {
-                return Err(MirrorError::NotFound(format!("OCI archive {} does not exist", abs.display())));
-            }
-            if exists {
-                // A destination archive that exists is added to, not replaced.
-                archive::extract(&abs, tmp.path()).await?;
-            }
-            let layout = match role {
-                Role::Source => OciLayout::open(tmp.path()).await?,
-                Role::Destination => OciLayout::create(tmp.path()).await?,
-            };
-            LayoutHandle {
-                layout: Arc::new(layout),
-                archive: (role == Role::Destination).then(|| abs.clone()),
-                pack: tokio::sync::Mutex::new(()),
-                _tmp: Some(tmp),
-            }
-        } else {
-            let layout = match role {
-                Role::Source => OciLayout::open(&abs).await?,
-                Role::Destination => OciLayout::create(&abs).await?,
-            };
-            LayoutHandle {
-                layout: Arc::new(layout),
-                archive: None,
-                pack: tokio::sync::Mutex::new(()),
-                _tmp: None,
-            }
-        };
-        let handle = Arc::new(handle);
-        layouts.insert((abs, role), handle.clone());
-        Ok(handle)
+    /// Dry run: has a planned copy of this run "pushed" the manifest there already?
+    pub(crate) fn is_planned(&self, store: &str, repo: Option<&RepoName>, digest: &Digest) -> bool {
+        let key = (store.to_owned(), repo.cloned(), digest.clone());
+        self.planned.lock().expect("not poisoned").contains(&key)
     }
 
-    async fn write_archive(&self, h: &LayoutHandle) -> Result<(), MirrorError> {
-        let Some(file) = &h.archive else { return Ok(()) };
-        let _turn = h.pack.lock().await;
-        self.progress.message(&format!("writing {}", file.display()));
-        archive::pack(h.layout.root(), file).await
+    pub(crate) fn plan(&self, store: &str, repo: Option<&RepoName>, digest: &Digest) {
+        let key = (store.to_owned(), repo.cloned(), digest.clone());
+        self.planned.lock().expect("not poisoned").insert(key);
     }
 }
 
-/// Parse manifest bytes, naming where they came from on failure.
-pub(crate) fn parse_manifest(m: &RawManifest, from: &Endpoint) -> Result<Manifest, MirrorError> {
-    Manifest::parse(Some(&m.media_type), &m.bytes).map_err(|e| {
-        MirrorError::Invalid(format!("manifest {} from {} is not usable: {e}", m.digest, from.describe()))
-    })
+/// The name to publish under at `dst`, in the kind `dst` holds (a tag, a layout name), or
+/// `None` to store by digest only. Checked before anything moves.
+fn destination_name(src: &ImageRef, dst: &ImageRef) -> Result<Option<ImageName>, MirrorError> {
+    let name = match dst {
+        ImageRef::Docker { tag: None, digest: Some(_), .. } => return Ok(None),
+        _ => dst.name().or_else(|| src.effective_name()),
+    };
+    let Some(name) = name else { return Ok(None) };
+    if dst.is_registry() {
+        Ok(name.to_tag()?.map(ImageName::Tag))
+    } else {
+        Ok(Some(ImageName::Ref(name.to_ref_name()?)))
+    }
 }
 
-/// The state of one image copy: both ends and its counters.
-pub(crate) struct Job<'a> {
-    pub copier: &'a Copier,
-    pub src: Endpoint,
-    pub dst: Endpoint,
-    pub copied: AtomicU64,
-    pub existing: AtomicU64,
-    pub filtered: AtomicU64,
-    pub referrers: AtomicUsize,
-    pub warnings: Mutex<Vec<String>>,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl<'a> Job<'a> {
-    fn new(copier: &'a Copier, src: Endpoint, dst: Endpoint) -> Job<'a> {
-        Job {
-            copier,
-            src,
-            dst,
-            copied: AtomicU64::new(0),
-            existing: AtomicU64::new(0),
-            filtered: AtomicU64::new(0),
-            referrers: AtomicUsize::new(0),
-            warnings: Mutex::new(Vec::new()),
-        }
+    fn r(s: &str) -> ImageRef {
+        s.parse().unwrap()
     }
 
-    pub fn opts(&self) -> &CopyOptions {
-        &self.copier.opts
-    }
-
-    pub fn progress(&self) -> &Arc<dyn Progress> {
-        &self.copier.progress
-    }
-
-    pub fn ledger(&self) -> &BlobLedger {
-        &self.copier.ledger
-    }
-
-    pub fn jobs(&self) -> usize {
-        self.opts().jobs.max(1)
-    }
-
-    pub fn warn(&self, text: String) {
-        self.progress().message(&format!("warning: {text}"));
-        self.warnings.lock().expect("not poisoned").push(text);
-    }
-
-    pub fn add_copied(&self, n: u64) {
-        self.copied.fetch_add(n, Ordering::Relaxed);
-    }
-
-    pub fn add_existing(&self, n: u64) {
-        self.existing.fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// Point `tag` at the pushed manifest unless it already does. Untagged, a registry holds
-    /// it by digest already; a layout needs an `index.json` entry to reach it.
-    async fn publish(&self, pushed: &RawManifest, tag: Option<&Tag>) -> Result<(), MirrorError> {
-        match (tag, &self.dst) {
-            (Some(tag), _) => {
-                if self.dst.tag_digest(tag).await? != Some(pushed.digest.clone()) {
-                    self.dst.put_manifest(pushed, Some(tag)).await?;
-                }
-            }
-            (None, Endpoint::Layout(l)) => {
-                l.set_entry(&crate::endpoint::descriptor_of(pushed), None).await?;
-            }
-            (None, Endpoint::Registry(_)) => {}
-        }
-        Ok(())
-    }
-
-    /// A single image manifest (or an artifact): blobs, manifest, referrers.
-    async fn copy_single(&self, top: RawManifest) -> Result<RawManifest, MirrorError> {
-        let mut tree = crate::transfer::Tree::default();
-        self.gather(top.clone(), &mut tree).await?;
-        self.transfer(tree).await?;
-        if !self.opts().no_referrers {
-            self.copy_referrers(&top.digest).await?;
-        }
-        Ok(top)
-    }
-
-    fn into_report(self, image: ImageReport) -> CopyReport {
-        CopyReport {
-            bytes_copied: self.copied.into_inner(),
-            bytes_existing: self.existing.into_inner(),
-            bytes_filtered: self.filtered.into_inner(),
-            images: vec![image],
-            warnings: self.warnings.into_inner().expect("not poisoned"),
-        }
+    #[test]
+    fn destination_names() {
+        let name = |src: &str, dst: &str| destination_name(&r(src), &r(dst)).unwrap().map(|n| n.to_string());
+        assert_eq!(name("docker://h/a:v1", "oci:/b").as_deref(), Some("v1"));
+        assert_eq!(name("docker://h/a", "oci:/b").as_deref(), Some("latest"));
+        assert_eq!(name("docker://h/a:v1", "oci:/b:team/a:v1").as_deref(), Some("team/a:v1"));
+        assert_eq!(name("oci:/b:team/a:v2", "docker://h/x").as_deref(), Some("v2"));
+        assert_eq!(name("oci:/b:team/a:v2", "docker://h/x:v3").as_deref(), Some("v3"));
+        let d = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        assert_eq!(name(&format!("docker://h/a@{d}"), "docker://h/x"), None);
+        assert_eq!(name(&format!("oci:/b:team/a@{d}"), "docker://h/x"), None);
+        assert!(destination_name(&r("oci:/b:team/a"), &r("docker://h/x")).is_err());
+        assert!(destination_name(&r("docker://h/a:_odd"), &r("oci:/b")).is_err());
     }
 }

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::OnceCell;
 use wharf_client::{BlobOpener, ByteStream, ClientError, RawManifest, RegistryClient};
-use wharf_oci::{Descriptor, Digest, Reference, RepoName, Tag, media_types};
+use wharf_oci::{Descriptor, Digest, Reference, RepoName, media_types};
 
-use crate::MirrorError;
 use crate::layout::OciLayout;
+use crate::{ImageName, MirrorError, RefName};
 
 #[derive(Clone)]
 pub(crate) enum Endpoint {
@@ -83,22 +83,55 @@ impl Endpoint {
                 }
             }
             Endpoint::Layout(l) => {
-                let (digest, media_type) = match reference {
-                    Some(Reference::Digest(d)) => (d.clone(), None),
-                    Some(Reference::Tag(t)) => match l.resolve(Some(t)).await? {
-                        Some(desc) => (desc.digest, Some(desc.media_type)),
-                        None => return Ok(None),
+                let name = match reference {
+                    Some(Reference::Digest(d)) => return self.layout_manifest(l, d.clone(), None).await,
+                    // A tag the ref-name grammar refuses names nothing in a layout.
+                    Some(Reference::Tag(t)) => match t.as_str().parse::<RefName>() {
+                        Ok(n) => Some(n),
+                        Err(_) => return Ok(None),
                     },
-                    None => match l.resolve(None).await? {
-                        Some(desc) => (desc.digest, Some(desc.media_type)),
-                        None => return Ok(None),
-                    },
+                    None => None,
                 };
-                let Some(bytes) = l.read_manifest(&digest).await? else { return Ok(None) };
-                let media_type = media_type.unwrap_or_else(|| media_type_of(&bytes));
-                Ok(Some(RawManifest { digest, media_type, bytes }))
+                self.layout_named(l, name.as_ref()).await
             }
         }
+    }
+
+    /// The image `name` points at (a tag in a registry, a ref name in a layout); `None` when
+    /// absent. Without a name: a layout's only image.
+    pub async fn get_named(&self, name: Option<&ImageName>) -> Result<Option<RawManifest>, MirrorError> {
+        match self {
+            Endpoint::Registry(_) => {
+                let tag = name.map(ImageName::to_tag).transpose()?.flatten();
+                self.get_manifest(tag.map(Reference::Tag).as_ref()).await
+            }
+            Endpoint::Layout(l) => {
+                let name = name.map(ImageName::to_ref_name).transpose()?;
+                self.layout_named(l, name.as_ref()).await
+            }
+        }
+    }
+
+    async fn layout_named(
+        &self,
+        l: &OciLayout,
+        name: Option<&RefName>,
+    ) -> Result<Option<RawManifest>, MirrorError> {
+        match l.resolve(name).await? {
+            Some(desc) => self.layout_manifest(l, desc.digest, Some(desc.media_type)).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn layout_manifest(
+        &self,
+        l: &OciLayout,
+        digest: Digest,
+        media_type: Option<String>,
+    ) -> Result<Option<RawManifest>, MirrorError> {
+        let Some(bytes) = l.read_manifest(&digest).await? else { return Ok(None) };
+        let media_type = media_type.unwrap_or_else(|| media_type_of(&bytes));
+        Ok(Some(RawManifest { digest, media_type, bytes }))
     }
 
     pub async fn has_manifest(&self, digest: &Digest) -> Result<bool, MirrorError> {
@@ -113,29 +146,31 @@ impl Endpoint {
         }
     }
 
-    /// The digest a tag points at, if the tag exists.
-    pub async fn tag_digest(&self, tag: &Tag) -> Result<Option<Digest>, MirrorError> {
+    /// The digest a name points at, if it exists.
+    pub async fn name_digest(&self, name: &ImageName) -> Result<Option<Digest>, MirrorError> {
         match self {
-            Endpoint::Registry(r) => r
-                .client
-                .head_manifest(&r.repo, &Reference::Tag(tag.clone()))
-                .await
-                .map(|m| m.map(|(d, _, _)| d))
-                .map_err(MirrorError::client(format!("checking tag {tag} on {}", self.describe()))),
-            Endpoint::Layout(l) => Ok(l.resolve(Some(tag)).await?.map(|d| d.digest)),
+            Endpoint::Registry(r) => {
+                let Some(tag) = name.to_tag()? else { return Ok(None) };
+                r.client
+                    .head_manifest(&r.repo, &Reference::Tag(tag.clone()))
+                    .await
+                    .map(|m| m.map(|(d, _, _)| d))
+                    .map_err(MirrorError::client(format!("checking tag {tag} on {}", self.describe())))
+            }
+            Endpoint::Layout(l) => Ok(l.resolve(Some(&name.to_ref_name()?)).await?.map(|d| d.digest)),
         }
     }
 
-    /// Store a manifest by digest, or under `tag`. The bytes go as they are.
-    pub async fn put_manifest(&self, m: &RawManifest, tag: Option<&Tag>) -> Result<(), MirrorError> {
-        let what = match tag {
-            Some(t) => format!("pushing manifest {} as tag {t} to {}", m.digest, self.describe()),
+    /// Store a manifest by digest, or under `name`. The bytes go as they are.
+    pub async fn put_manifest(&self, m: &RawManifest, name: Option<&ImageName>) -> Result<(), MirrorError> {
+        let what = match name {
+            Some(t) => format!("pushing manifest {} as {t} to {}", m.digest, self.describe()),
             None => format!("pushing manifest {} to {}", m.digest, self.describe()),
         };
         match self {
             Endpoint::Registry(r) => {
-                let reference = match tag {
-                    Some(t) => Reference::Tag(t.clone()),
+                let reference = match name.map(ImageName::to_tag).transpose()?.flatten() {
+                    Some(t) => Reference::Tag(t),
                     None => Reference::Digest(m.digest.clone()),
                 };
                 r.client
@@ -148,8 +183,8 @@ impl Endpoint {
                 if l.blob_size(&m.digest).await?.is_none() {
                     l.write_bytes(&m.digest, m.bytes.clone()).await?;
                 }
-                if let Some(t) = tag {
-                    l.set_entry(&descriptor_of(m), Some(t)).await?;
+                if let Some(n) = name {
+                    l.set_entry(&descriptor_of(m), Some(&n.to_ref_name()?)).await?;
                 }
                 Ok(())
             }
@@ -260,7 +295,7 @@ impl Endpoint {
                 })
                 .await
                 .cloned(),
-            Endpoint::Layout(l) => Ok(Arc::new(l.tags().await?)),
+            Endpoint::Layout(l) => Ok(Arc::new(l.ref_names().await?)),
         }
     }
 

@@ -1,5 +1,6 @@
 //! Image references in skopeo's transport syntax:
-//! `docker://HOST[:PORT]/REPO[:TAG][@DIGEST]`, `oci:PATH[:TAG]`, `oci-archive:FILE[:TAG]`.
+//! `docker://HOST[:PORT]/REPO[:TAG][@DIGEST]`, `oci:PATH[:NAME]`, `oci-archive:FILE[:NAME]`,
+//! where NAME is a layout ref name (which may itself hold `:`, as in `oci:DIR:team/app:v1`).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -7,7 +8,7 @@ use std::str::FromStr;
 
 use wharf_oci::{Digest, Reference, RepoName, Tag};
 
-use crate::MirrorError;
+use crate::{ImageName, MirrorError, RefName};
 
 /// Docker Hub's canonical name and the host its API answers on.
 pub const DOCKER_HUB: &str = "docker.io";
@@ -18,58 +19,54 @@ pub const DOCKER_HUB_API: &str = "registry-1.docker.io";
 pub enum ImageRef {
     /// A repository in a registry. Without tag and digest the tag is `latest`.
     Docker { host: String, repo: RepoName, tag: Option<Tag>, digest: Option<Digest> },
-    /// An OCI image layout directory; the tag is the `org.opencontainers.image.ref.name`
-    /// annotation of an `index.json` entry.
-    Oci { path: PathBuf, tag: Option<Tag> },
+    /// An OCI image layout directory; the name is the `org.opencontainers.image.ref.name`
+    /// annotation of an `index.json` entry (`v1`, or in a bundle `team/app:v1`).
+    Oci { path: PathBuf, name: Option<RefName> },
     /// A tar of an OCI image layout.
-    OciArchive { path: PathBuf, tag: Option<Tag> },
+    OciArchive { path: PathBuf, name: Option<RefName> },
 }
 
-const TRANSPORTS: &str = "docker://HOST/REPO[:TAG|@DIGEST], oci:PATH[:TAG] or oci-archive:FILE[:TAG]";
+const TRANSPORTS: &str = "docker://HOST/REPO[:TAG|@DIGEST], oci:PATH[:NAME] or oci-archive:FILE[:NAME]";
 
 impl ImageRef {
-    /// The reference to read from this image as a source: its digest, else its tag, else
-    /// `latest` (registry) or the only image (layout, `None`).
-    pub fn source_reference(&self) -> Option<Reference> {
+    /// For a registry image, the reference to read it by: its digest, else its tag, else
+    /// `latest`. `None` for a layout (read by [`ImageRef::name`]).
+    pub fn registry_reference(&self) -> Option<Reference> {
         match self {
             ImageRef::Docker { tag, digest, .. } => Some(match (digest, tag) {
                 (Some(d), _) => Reference::Digest(d.clone()),
                 (None, Some(t)) => Reference::Tag(t.clone()),
                 (None, None) => Reference::Tag(latest()),
             }),
-            ImageRef::Oci { tag, .. } | ImageRef::OciArchive { tag, .. } => tag.clone().map(Reference::Tag),
+            ImageRef::Oci { .. } | ImageRef::OciArchive { .. } => None,
         }
     }
 
-    /// The tag named in this reference, if any (not the implicit `latest`).
-    pub fn tag(&self) -> Option<&Tag> {
+    /// The tag or layout name this reference gives, if any (not the implicit `latest`).
+    pub fn name(&self) -> Option<ImageName> {
         match self {
-            ImageRef::Docker { tag, .. } | ImageRef::Oci { tag, .. } | ImageRef::OciArchive { tag, .. } => {
-                tag.as_ref()
+            ImageRef::Docker { tag, .. } => tag.clone().map(ImageName::Tag),
+            ImageRef::Oci { name, .. } | ImageRef::OciArchive { name, .. } => {
+                name.clone().map(ImageName::Ref)
             }
         }
     }
 
-    /// The tag this reference names or implies when read: `latest` for a registry reference
+    /// The name this reference names or implies when read: `latest` for a registry reference
     /// with neither tag nor digest.
-    pub fn effective_tag(&self) -> Option<Tag> {
+    pub fn effective_name(&self) -> Option<ImageName> {
         match self {
-            ImageRef::Docker { tag: None, digest: None, .. } => Some(latest()),
-            other => other.tag().cloned(),
+            ImageRef::Docker { tag: None, digest: None, .. } => Some(ImageName::Tag(latest())),
+            other => other.name(),
         }
     }
 
-    /// The same image location with another tag (for `sync`, which names tags itself).
-    pub fn with_tag(&self, new: Option<Tag>) -> ImageRef {
-        let mut r = self.clone();
-        match &mut r {
-            ImageRef::Docker { tag, digest, .. } => {
-                *tag = new;
-                *digest = None;
-            }
-            ImageRef::Oci { tag, .. } | ImageRef::OciArchive { tag, .. } => *tag = new,
+    /// The digest this reference pins, if any.
+    pub fn digest(&self) -> Option<&Digest> {
+        match self {
+            ImageRef::Docker { digest, .. } => digest.as_ref(),
+            ImageRef::Oci { .. } | ImageRef::OciArchive { .. } => None,
         }
-        r
     }
 
     pub fn is_registry(&self) -> bool {
@@ -93,12 +90,12 @@ impl FromStr for ImageRef {
             return parse_docker(s, rest);
         }
         if let Some(rest) = s.strip_prefix("oci-archive:") {
-            let (path, tag) = parse_path_tag(s, rest)?;
-            return Ok(ImageRef::OciArchive { path, tag });
+            let (path, name) = parse_path_name(s, rest)?;
+            return Ok(ImageRef::OciArchive { path, name });
         }
         if let Some(rest) = s.strip_prefix("oci:") {
-            let (path, tag) = parse_path_tag(s, rest)?;
-            return Ok(ImageRef::Oci { path, tag });
+            let (path, name) = parse_path_name(s, rest)?;
+            return Ok(ImageRef::Oci { path, name });
         }
         match s.split_once(':') {
             Some((t, _)) if !t.contains('/') && !t.contains('.') && !t.is_empty() => {
@@ -109,20 +106,21 @@ impl FromStr for ImageRef {
     }
 }
 
-/// `PATH[:TAG]`, split at the first `:` as skopeo does.
-fn parse_path_tag(s: &str, rest: &str) -> Result<(PathBuf, Option<Tag>), MirrorError> {
-    let (path, tag) = match rest.split_once(':') {
-        Some((p, t)) => (p, Some(t)),
+/// `PATH[:NAME]`, split at the first `:` as skopeo (containers/image) does, so the name
+/// may hold more colons: `oci:DIR:team/app:v1`.
+fn parse_path_name(s: &str, rest: &str) -> Result<(PathBuf, Option<RefName>), MirrorError> {
+    let (path, name) = match rest.split_once(':') {
+        Some((p, n)) => (p, Some(n)),
         None => (rest, None),
     };
     if path.is_empty() {
         return Err(invalid(s, "the path is empty"));
     }
-    let tag = match tag {
+    let name = match name {
         None | Some("") => None,
-        Some(t) => Some(t.parse::<Tag>().map_err(|e| invalid(s, e))?),
+        Some(n) => Some(n.parse::<RefName>().map_err(|e| invalid(s, e))?),
     };
-    Ok((PathBuf::from(path), tag))
+    Ok((PathBuf::from(path), name))
 }
 
 fn parse_docker(s: &str, rest: &str) -> Result<ImageRef, MirrorError> {
@@ -165,11 +163,11 @@ impl fmt::Display for ImageRef {
                 }
                 Ok(())
             }
-            ImageRef::Oci { path, tag } | ImageRef::OciArchive { path, tag } => {
+            ImageRef::Oci { path, name } | ImageRef::OciArchive { path, name } => {
                 let transport = if matches!(self, ImageRef::Oci { .. }) { "oci" } else { "oci-archive" };
                 write!(f, "{transport}:{}", path.display())?;
-                if let Some(t) = tag {
-                    write!(f, ":{t}")?;
+                if let Some(n) = name {
+                    write!(f, ":{n}")?;
                 }
                 Ok(())
             }
@@ -207,14 +205,15 @@ mod tests {
         );
         assert_eq!(r.to_string(), "docker://127.0.0.1:5000/team/app:v1");
         let r = p("docker://localhost:5000/app");
-        assert_eq!(r.source_reference().unwrap().to_string(), "latest");
-        assert_eq!(r.tag(), None);
+        assert_eq!(r.registry_reference().unwrap().to_string(), "latest");
+        assert_eq!(r.name(), None);
+        assert_eq!(r.effective_name().unwrap().to_string(), "latest");
         let r = p(&format!("docker://reg.example/a/b@{D}"));
-        assert_eq!(r.source_reference().unwrap().to_string(), D);
-        assert_eq!(r.effective_tag(), None);
+        assert_eq!(r.registry_reference().unwrap().to_string(), D);
+        assert_eq!(r.effective_name(), None);
         let r = p(&format!("docker://reg.example/a:v2@{D}"));
-        assert_eq!(r.source_reference().unwrap().to_string(), D);
-        assert_eq!(r.tag().unwrap().as_str(), "v2");
+        assert_eq!(r.registry_reference().unwrap().to_string(), D);
+        assert_eq!(r.name().unwrap().to_string(), "v2");
         assert_eq!(p("docker://alpine").to_string(), "docker://docker.io/library/alpine");
         assert_eq!(p("docker://team/app:1").to_string(), "docker://docker.io/team/app:1");
     }
@@ -223,10 +222,17 @@ mod tests {
     fn layout_refs() {
         assert_eq!(
             p("oci:/tmp/x:v1"),
-            ImageRef::Oci { path: "/tmp/x".into(), tag: Some("v1".parse().unwrap()) }
+            ImageRef::Oci { path: "/tmp/x".into(), name: Some("v1".parse().unwrap()) }
         );
-        assert_eq!(p("oci:rel/dir"), ImageRef::Oci { path: "rel/dir".into(), tag: None });
+        assert_eq!(p("oci:rel/dir"), ImageRef::Oci { path: "rel/dir".into(), name: None });
         assert_eq!(p("oci-archive:/tmp/a.tar:latest").to_string(), "oci-archive:/tmp/a.tar:latest");
+        // skopeo's split: the path ends at the first colon; the name keeps the others.
+        let r = p("oci:/tmp/bundle:team/app:v1.2.0");
+        assert_eq!(
+            r,
+            ImageRef::Oci { path: "/tmp/bundle".into(), name: Some("team/app:v1.2.0".parse().unwrap()) }
+        );
+        assert_eq!(r.to_string(), "oci:/tmp/bundle:team/app:v1.2.0");
     }
 
     #[test]
@@ -237,7 +243,8 @@ mod tests {
             ("127.0.0.1:5000/app", "no transport"),
             ("alpine", "no transport"),
             ("oci:", "path is empty"),
-            ("oci:/x:bad tag", "tag"),
+            ("oci:/x:bad tag", "ref.name"),
+            ("oci:/x:a//b", "ref.name"),
             ("docker://reg.example/UPPER", "repository name"),
             ("docker://reg.example/a@sha256:zz", "hex"),
             ("docker://", "no repository"),

@@ -8,7 +8,7 @@ use serde_json::Value;
 use wharf_client::{ClientError, RawManifest};
 use wharf_oci::{Descriptor, Digest, Manifest, Platform};
 
-use crate::copier::{Job, parse_manifest};
+use crate::job::{Job, parse_manifest};
 use crate::select::{label, real_platform, select};
 use crate::transfer::{Tree, manifest_footprint};
 use crate::{ImageRef, ImageReport, MirrorError};
@@ -47,11 +47,21 @@ impl Job<'_> {
         let missing: Vec<Descriptor> =
             left_out.iter().zip(&at_dest).filter(|(_, here)| !**here).map(|(d, _)| d.clone()).collect();
         let mut rewrite = false;
-        if !missing.is_empty() && self.dst.sparse_support().await? == Some(false) {
-            if !self.opts().rewrite_index {
-                return Err(MirrorError::SparseRefused(self.precheck_message(&index.digest, &missing)));
+        if !missing.is_empty() {
+            match self.dst.sparse_support().await? {
+                Some(false) if !self.opts().rewrite_index => {
+                    return Err(MirrorError::SparseRefused(self.precheck_message(&index.digest, &missing)));
+                }
+                Some(false) => rewrite = true,
+                // A plan cannot learn what an unannounced policy will say without pushing.
+                None if self.dry_run() => self.warn(format!(
+                    "{} does not announce whether it accepts sparse indexes: pushing index {} without {} may be refused",
+                    self.dst.host().unwrap_or("the destination"),
+                    index.digest,
+                    describe_children(&missing)
+                )),
+                _ => {}
             }
-            rewrite = true;
         }
 
         self.count_filtered(&selection.filtered).await?;

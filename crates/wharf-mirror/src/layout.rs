@@ -8,16 +8,17 @@ use std::collections::HashMap;
 use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use wharf_client::{ByteStream, ClientError};
-use wharf_oci::{Descriptor, Digest, MAX_MANIFEST_BYTES, Manifest, Tag, media_types};
+use wharf_oci::{Descriptor, Digest, MAX_MANIFEST_BYTES, Manifest, media_types};
 
-use crate::MirrorError;
 use crate::stream::verified;
+use crate::{MirrorError, RefName};
 
 /// The annotation naming an `index.json` entry (what `oci:DIR:TAG` refers to).
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
@@ -32,6 +33,8 @@ pub struct OciLayout {
     index_lock: tokio::sync::Mutex<()>,
     /// subject digest -> referrers, built on first use, dropped when `index.json` changes.
     referrers: std::sync::Mutex<Option<Arc<ReferrersMap>>>,
+    /// Whether anything was written since opened (an archive is re-packed only then).
+    changed: AtomicBool,
 }
 
 impl std::fmt::Debug for OciLayout {
@@ -46,6 +49,7 @@ impl OciLayout {
             root: root.to_owned(),
             index_lock: tokio::sync::Mutex::new(()),
             referrers: std::sync::Mutex::new(None),
+            changed: AtomicBool::new(false),
         }
     }
 
@@ -72,11 +76,28 @@ impl OciLayout {
             let empty = json!({"schemaVersion": 2, "mediaType": media_types::OCI_INDEX, "manifests": []});
             layout.write_index(&empty).await?;
         }
+        // Creating the skeleton is not content: an empty new archive is not worth writing.
+        layout.changed.store(false, Ordering::Relaxed);
         Ok(layout)
     }
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Whether a blob or `index.json` was written since the layout was opened.
+    pub fn changed(&self) -> bool {
+        self.changed.load(Ordering::Relaxed)
+    }
+
+    /// [`OciLayout::changed`], and from now on unchanged (once the changes are saved).
+    pub(crate) fn take_changed(&self) -> bool {
+        self.changed.swap(false, Ordering::Relaxed)
+    }
+
+    /// Saving the changes failed: they are still to be saved.
+    pub(crate) fn mark_changed(&self) {
+        self.changed.store(true, Ordering::Relaxed);
     }
 
     fn blob_dir(&self, digest: &Digest) -> PathBuf {
@@ -104,6 +125,7 @@ impl OciLayout {
         write_atomic(&self.root, "index.json", &bytes)
             .await
             .map_err(MirrorError::io(format!("writing {}/index.json", self.root.display())))?;
+        self.changed.store(true, Ordering::Relaxed);
         *self.referrers.lock().expect("not poisoned") = None;
         Ok(())
     }
@@ -121,17 +143,17 @@ impl OciLayout {
             .collect()
     }
 
-    /// The entry tagged `tag`; without a tag, the only entry (an error if there are several).
-    pub async fn resolve(&self, tag: Option<&Tag>) -> Result<Option<Descriptor>, MirrorError> {
+    /// The entry named `name`; without a name, the only entry (an error if there are several).
+    pub async fn resolve(&self, wanted: Option<&RefName>) -> Result<Option<Descriptor>, MirrorError> {
         let entries = self.entries().await?;
         let name = |d: &Descriptor| d.annotations.as_ref().and_then(|a| a.get(REF_NAME)).cloned();
-        match tag {
+        match wanted {
             Some(t) => Ok(entries.into_iter().find(|d| name(d).as_deref() == Some(t.as_str()))),
             None if entries.len() <= 1 => Ok(entries.into_iter().next()),
             None => {
                 let tags: Vec<String> = entries.iter().filter_map(name).collect();
                 Err(MirrorError::InvalidReference(format!(
-                    "OCI layout {} holds {} images: name one with :TAG (tags: {})",
+                    "OCI layout {} holds {} images: name one with :NAME (names: {})",
                     self.root.display(),
                     entries.len(),
                     if tags.is_empty() { "none".to_owned() } else { tags.join(", ") }
@@ -140,8 +162,17 @@ impl OciLayout {
         }
     }
 
-    /// Every `ref.name` in `index.json`.
-    pub async fn tags(&self) -> Result<Vec<String>, MirrorError> {
+    /// The annotations of `index.json` itself (e.g. the part numbers of a split bundle).
+    pub async fn index_annotations(&self) -> Result<HashMap<String, String>, MirrorError> {
+        let v = self.read_index().await?;
+        Ok(v["annotations"]
+            .as_object()
+            .map(|a| a.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned()))).collect())
+            .unwrap_or_default())
+    }
+
+    /// Every `ref.name` in `index.json`, in entry order.
+    pub async fn ref_names(&self) -> Result<Vec<String>, MirrorError> {
         Ok(self
             .entries()
             .await?
@@ -236,6 +267,7 @@ impl OciLayout {
             .map_err(|e| MirrorError::Invalid(format!("blob writer task failed: {e}")))?
             .map_err(MirrorError::io(ctx()))?;
         sync_dir(&dir).await;
+        self.changed.store(true, Ordering::Relaxed);
         Ok(())
     }
 
@@ -246,10 +278,10 @@ impl OciLayout {
         self.write_blob(digest, size, stream).await
     }
 
-    /// Point `tag` at `desc` in `index.json` (replacing what it named), or without a tag add an
-    /// untagged entry for `desc` unless one exists (how referrers stay reachable in a layout).
+    /// Point `name` at `desc` in `index.json` (replacing what it named), or without a name add
+    /// an unnamed entry for `desc` unless one exists (how referrers stay reachable in a layout).
     /// Returns whether `index.json` changed.
-    pub async fn set_entry(&self, desc: &Descriptor, tag: Option<&Tag>) -> Result<bool, MirrorError> {
+    pub async fn set_entry(&self, desc: &Descriptor, tag: Option<&RefName>) -> Result<bool, MirrorError> {
         let _guard = self.index_lock.lock().await;
         let mut index = self.read_index().await?;
         let mut list = index["manifests"].as_array().cloned().unwrap_or_default();
@@ -363,12 +395,13 @@ mod tests {
             artifact_type: None,
             data: None,
         };
-        let v1: Tag = "v1".parse().unwrap();
+        let v1: RefName = "team/app:v1".parse().unwrap();
         assert!(layout.set_entry(&desc, Some(&v1)).await.unwrap());
         assert!(!layout.set_entry(&desc, Some(&v1)).await.unwrap());
         assert_eq!(layout.resolve(Some(&v1)).await.unwrap().unwrap().digest, d);
         assert_eq!(layout.resolve(None).await.unwrap().unwrap().digest, d);
-        assert_eq!(layout.tags().await.unwrap(), vec!["v1"]);
+        assert_eq!(layout.ref_names().await.unwrap(), vec!["team/app:v1"]);
+        assert!(layout.changed());
         // Reopened: the same content.
         let again = OciLayout::open(dir.path()).await.unwrap();
         assert_eq!(again.resolve(Some(&v1)).await.unwrap().unwrap().digest, d);

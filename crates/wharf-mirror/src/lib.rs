@@ -3,10 +3,16 @@
 //! index byte for byte so its digest and signatures stay valid (DESIGN.md, "The mirror").
 //!
 //! One algorithm serves every pair of transports; each side is an `Endpoint` (a registry
-//! repository or a layout; an archive is a layout in a temporary directory). Everything is
-//! verified against its digest while it streams; a layout write is a temporary file, fsync
-//! and rename; a registry verifies on the final `PUT`. An interrupted copy run again moves only
-//! what is missing.
+//! repository or a layout; an archive is a layout in a temporary directory, written to its
+//! file once by [`Copier::finish`]). Everything is verified against its digest while it
+//! streams; a layout write is a temporary file, fsync and rename; a registry verifies on the
+//! final `PUT`. An interrupted copy run again moves only what is missing. With
+//! `CopyOptions::dry_run` the same algorithm plans instead: it reads both ends and adds up
+//! sizes, and writes nothing.
+//!
+//! For `wharf sync`'s bundles: layout names are [`RefName`]s (`team/app:v1`), archives can be
+//! split into parts (`CopyOptions::max_archive_size`), and [`verify_layout`] /
+//! [`verify_archive`] re-hash a bundle.
 //!
 //! ```no_run
 //! # async fn f() -> Result<(), wharf_mirror::MirrorError> {
@@ -27,19 +33,28 @@ mod endpoint;
 mod error;
 mod image_ref;
 mod index;
+mod job;
 mod layout;
+mod layouts;
 mod ledger;
 mod progress;
+mod ref_name;
 mod referrers;
 mod report;
 mod select;
+mod split;
 mod stream;
 mod transfer;
+mod verify;
 
-pub use copier::{Copier, CopyOptions, copy};
+pub use archive::{archive_parts, part_path};
+pub use copier::{Copier, CopyOptions, FinishReport, copy};
 pub use error::MirrorError;
 pub use image_ref::ImageRef;
 pub use layout::{OciLayout, REF_NAME};
 pub use ledger::BlobLedger;
 pub use progress::{BlobOutcome, NoProgress, Progress};
+pub use ref_name::{ImageName, RefName};
 pub use report::{CopyReport, ImageReport};
+pub use split::{PART_ANNOTATION, PARTS_ANNOTATION};
+pub use verify::{VerifyReport, verify_archive, verify_layout};

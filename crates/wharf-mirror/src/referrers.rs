@@ -9,9 +9,9 @@ use serde_json::{Value, json};
 use wharf_client::RawManifest;
 use wharf_oci::{Descriptor, Digest, Manifest, Reference, Tag, media_types};
 
-use crate::MirrorError;
-use crate::copier::{Job, parse_manifest};
+use crate::job::{Job, parse_manifest};
 use crate::transfer::Tree;
+use crate::{ImageName, MirrorError};
 
 /// cosign's tag suffixes: signatures, attestations, SBOMs.
 const COSIGN_SUFFIXES: [&str; 3] = ["sig", "att", "sbom"];
@@ -57,10 +57,17 @@ impl Job<'_> {
             let size = f.manifest.bytes.len() as u64;
             match &f.tag {
                 Some(tag) => {
-                    if self.dst.tag_digest(tag).await? == Some(f.manifest.digest.clone()) {
+                    let name = ImageName::Tag(tag.clone());
+                    if self.dst.name_digest(&name).await? == Some(f.manifest.digest.clone())
+                        || self.is_planned(&f.manifest.digest)
+                    {
                         self.add_existing(size);
                     } else {
-                        self.dst.put_manifest(&f.manifest, Some(tag)).await?;
+                        if self.dry_run() {
+                            self.plan_manifest(&f.manifest.digest);
+                        } else {
+                            self.dst.put_manifest(&f.manifest, Some(&name)).await?;
+                        }
                         self.add_copied(size);
                     }
                 }
@@ -68,10 +75,14 @@ impl Job<'_> {
                     let parsed = parse_manifest(&f.manifest, &self.src)?;
                     let m = &f.manifest;
                     let desc = referrer_descriptor(&m.digest, &m.media_type, m.bytes.len(), &parsed);
-                    if self.dst.has_manifest(&m.digest).await? {
+                    if self.dest_has_manifest(&m.digest).await? {
                         self.add_existing(size);
                     } else {
-                        self.dst.put_referrer(m, &desc).await?;
+                        if self.dry_run() {
+                            self.plan_manifest(&m.digest);
+                        } else {
+                            self.dst.put_referrer(m, &desc).await?;
+                        }
                         self.add_copied(size);
                     }
                     attached.push(desc);
@@ -173,7 +184,9 @@ impl Job<'_> {
             media_type: media_types::OCI_INDEX.to_owned(),
             bytes,
         };
-        self.dst.put_manifest(&m, Some(&tag)).await?;
+        if !self.dry_run() {
+            self.dst.put_manifest(&m, Some(&ImageName::Tag(tag))).await?;
+        }
         self.add_copied(m.bytes.len() as u64);
         Ok(())
     }

@@ -33,6 +33,9 @@ pub struct ImageReport {
     /// Signatures, SBOMs and attestations copied (or found already there).
     pub referrers_copied: usize,
     pub rewritten: bool,
+    /// The destination tag (or layout name) was created or moved to this image (in a dry
+    /// run: would be).
+    pub tag_updated: bool,
 }
 
 impl CopyReport {

@@ -8,8 +8,8 @@ use futures_util::{StreamExt, TryStreamExt};
 use wharf_client::{BlobOpener, ByteStream, ClientError, RawManifest};
 use wharf_oci::{Descriptor, Reference, media_types};
 
-use crate::copier::{Job, parse_manifest};
 use crate::endpoint::Endpoint;
+use crate::job::{Job, parse_manifest};
 use crate::stream::reporting;
 use crate::{BlobOutcome, MirrorError, Progress};
 
@@ -81,11 +81,15 @@ impl Job<'_> {
     /// Push a manifest by digest unless the destination has it.
     pub(crate) async fn copy_manifest(&self, m: &RawManifest) -> Result<(), MirrorError> {
         let size = m.bytes.len() as u64;
-        if self.dst.has_manifest(&m.digest).await? {
+        if self.dest_has_manifest(&m.digest).await? {
             self.add_existing(size);
             return Ok(());
         }
-        self.dst.put_manifest(m, None).await?;
+        if self.dry_run() {
+            self.plan_manifest(&m.digest);
+        } else {
+            self.dst.put_manifest(m, None).await?;
+        }
         self.add_copied(size);
         Ok(())
     }
@@ -106,6 +110,17 @@ impl Job<'_> {
             self.ledger().record(&store, digest, repo.as_ref());
             self.add_existing(blob.size);
             progress.blob_done(digest, BlobOutcome::Existing);
+            return Ok(());
+        }
+        if self.dry_run() {
+            // Planned as a copy would go: mounted where another repository of this run holds
+            // it, else sent; recorded so that later plans of the run find it.
+            self.ledger().record(&store, digest, repo.as_ref());
+            if holders.iter().any(Option::is_some) {
+                self.add_existing(blob.size)
+            } else {
+                self.add_copied(blob.size)
+            }
             return Ok(());
         }
         for from in holders.iter().flatten() {

@@ -2,9 +2,11 @@
 
 use std::path::Path;
 
+use wharf_mirror::ImageRef;
 use wharf_oci::{Digest, Platform};
 
 use crate::SyncError;
+use crate::naming::{Destination, Rule};
 
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -51,6 +53,32 @@ pub struct ImageSpec {
     pub dest: Option<String>,
 }
 
+impl ImageSpec {
+    /// `source` as an image reference, which must name a repository (or a layout) only: tags
+    /// come from the selectors.
+    pub fn source_ref(&self) -> Result<ImageRef, SyncError> {
+        let r: ImageRef = self.source.parse()?;
+        if r.name().is_some() || r.digest().is_some() {
+            return Err(SyncError::Config(format!(
+                "source {} names an image; name the repository and choose tags with tags, tags_regex, \
+                 tags_semver, tags_latest or digests",
+                self.source
+            )));
+        }
+        Ok(r)
+    }
+
+    /// The destination rule for this entry: its own `dest` (a repository), else the defaults'
+    /// prefix.
+    pub fn destination(&self, defaults: &Defaults) -> Result<(Destination, Rule), SyncError> {
+        match (&self.dest, &defaults.dest) {
+            (Some(d), _) => Ok((d.parse()?, Rule::Repository)),
+            (None, Some(d)) => Ok((d.parse()?, Rule::Prefix)),
+            (None, None) => Err(SyncError::Config(format!("{}: no dest and no defaults.dest", self.source))),
+        }
+    }
+}
+
 impl SyncConfig {
     pub fn load(path: &Path) -> Result<SyncConfig, SyncError> {
         let text = std::fs::read_to_string(path)
@@ -67,10 +95,23 @@ impl SyncConfig {
         if self.images.is_empty() {
             return Err(SyncError::Config("no [[images]] entries: nothing to sync".into()));
         }
+        if let Some(d) = &self.defaults.dest {
+            d.parse::<Destination>().map_err(|e| SyncError::Config(format!("defaults.dest: {e}")))?;
+        }
+        if self.defaults.jobs == Some(0) || self.defaults.blob_jobs == Some(0) {
+            return Err(SyncError::Config("defaults: jobs and blob_jobs must be at least 1".into()));
+        }
         for (i, img) in self.images.iter().enumerate() {
             let at = |e: String| SyncError::Config(format!("images[{i}] ({}): {e}", img.source));
             if img.dest.is_none() && self.defaults.dest.is_none() {
                 return Err(at("no dest here and no defaults.dest prefix".into()));
+            }
+            let source = img.source_ref().map_err(|e| at(e.to_string()))?;
+            if let Some(d) = &img.dest {
+                d.parse::<Destination>().map_err(|e| at(e.to_string()))?;
+            }
+            if img.digests.is_some() && !source.is_registry() {
+                return Err(at("digests = [...] selects images of a docker:// source only".into()));
             }
             let selectors = [
                 img.tags.is_some(),
@@ -150,5 +191,16 @@ mod tests {
         let c: SyncConfig = toml::from_str("[[images]]\nsource = \"docker://h/a\"\ntags=[\"v1\"]").unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("no dest"));
         assert!(toml::from_str::<SyncConfig>("[[images]]\nsorce = \"x\"").is_err());
+        for (body, want) in [
+            ("source = \"docker://h.io/a:v1\"\ntags=[\"v1\"]", "names an image"),
+            ("source = \"docker://h.io/a\"\ntags=[\"v1\"]\ndest = \"ftp://x\"", "use docker://"),
+            ("source = \"oci:/x\"\ndigests=[]", "docker:// source only"),
+        ] {
+            let c: SyncConfig =
+                toml::from_str(&format!("[defaults]\ndest = \"docker://h.io/m\"\n[[images]]\n{body}"))
+                    .unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(want), "{body}: {e}");
+        }
     }
 }

@@ -78,6 +78,7 @@ pub async fn run(args: CopyArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
         lookup_credentials: true,
+        ..CopyOptions::default()
     };
     if args.platforms.is_empty() && !args.all_platforms {
         eprintln!("no --platform given: copying every platform (use --platform OS/ARCH to copy only some)");

@@ -4,6 +4,7 @@ mod config;
 mod copy_cmd;
 mod inspect;
 mod serve;
+mod sync_cmd;
 mod upstream;
 
 use clap::{Parser, Subcommand};
@@ -27,6 +28,8 @@ enum Command {
     Copy(copy_cmd::CopyArgs),
     /// Show an index: each platform present or absent, sizes, referrers.
     Inspect(inspect::InspectArgs),
+    /// Mirror many images from a config file, also through air-gapped bundles.
+    Sync(sync_cmd::SyncArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -51,6 +54,7 @@ fn main() -> std::process::ExitCode {
             Command::Serve(args) => serve::run(args).await,
             Command::Inspect(args) => inspect::run(args).await,
             Command::Copy(args) => copy_cmd::run(args).await,
+            Command::Sync(args) => sync_cmd::run(args).await,
         }
     });
     match result {

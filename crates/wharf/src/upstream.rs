@@ -38,11 +38,12 @@ struct HttpUpstream {
 impl HttpUpstream {
     fn remote_repo(&self, local: &RepoName) -> Result<RepoName, String> {
         let segments: Vec<&str> = local.as_str().split('/').collect();
-        let rest = if segments.len() > self.strip.len() && segments.iter().zip(&self.strip).all(|(a, b)| a == b) {
-            segments[self.strip.len()..].join("/")
-        } else {
-            local.to_string()
-        };
+        let rest =
+            if segments.len() > self.strip.len() && segments.iter().zip(&self.strip).all(|(a, b)| a == b) {
+                segments[self.strip.len()..].join("/")
+            } else {
+                local.to_string()
+            };
         let name = match &self.prefix {
             Some(p) => format!("{p}/{rest}"),
             None => rest,
@@ -74,12 +75,18 @@ impl Upstream for HttpUpstream {
     ) -> BoxFuture<'a, Result<Option<UpstreamManifest>, String>> {
         Box::pin(async move {
             let remote = self.remote_repo(repo)?;
-            let m = not_found_is_none(self.client.get_manifest(&remote, &Reference::Digest(digest.clone())).await)?;
+            let m = not_found_is_none(
+                self.client.get_manifest(&remote, &Reference::Digest(digest.clone())).await,
+            )?;
             Ok(m.map(|m| (m.media_type, m.bytes.to_vec())))
         })
     }
 
-    fn blob<'a>(&'a self, repo: &'a RepoName, digest: &'a Digest) -> BoxFuture<'a, Result<Option<BodyStream>, String>> {
+    fn blob<'a>(
+        &'a self,
+        repo: &'a RepoName,
+        digest: &'a Digest,
+    ) -> BoxFuture<'a, Result<Option<BodyStream>, String>> {
         Box::pin(async move {
             let remote = self.remote_repo(repo)?;
             let blob = not_found_is_none(self.client.get_blob(&remote, digest, 0).await)?;
@@ -136,12 +143,14 @@ mod tests {
             prefix: Some("vendor".into()),
         };
         assert_eq!(up.remote_repo(&"mirror/team/app".parse().unwrap()).unwrap().as_str(), "vendor/team/app");
-        assert!(upstream_rules(&[UpstreamFile {
-            pattern: "x/**".into(),
-            url: "https://nope".into(),
-            tls_verify: true,
-            credentials: None
-        }])
-        .is_err());
+        assert!(
+            upstream_rules(&[UpstreamFile {
+                pattern: "x/**".into(),
+                url: "https://nope".into(),
+                tls_verify: true,
+                credentials: None
+            }])
+            .is_err()
+        );
     }
 }

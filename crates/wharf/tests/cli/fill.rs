@@ -20,12 +20,16 @@ fn absent_platform_is_filled_from_the_upstream_on_pull() {
 
     // A sparse mirror: the index and amd64 only.
     let amd = &image.platform("linux/amd64").manifest.digest;
-    run_ok(skopeo(["copy", "--src-tls-verify=false", "--dest-tls-verify=false"])
-        .arg(upstream.docker_ref(&format!("vendor/app@{amd}")))
-        .arg(server.docker_ref(&format!("mirror/app@{amd}"))));
-    run_ok(skopeo(["copy", "--multi-arch", "index-only", "--src-tls-verify=false", "--dest-tls-verify=false"])
-        .arg(upstream.docker_ref("vendor/app:v1"))
-        .arg(server.docker_ref("mirror/app:v1")));
+    run_ok(
+        skopeo(["copy", "--src-tls-verify=false", "--dest-tls-verify=false"])
+            .arg(upstream.docker_ref(&format!("vendor/app@{amd}")))
+            .arg(server.docker_ref(&format!("mirror/app@{amd}"))),
+    );
+    run_ok(
+        skopeo(["copy", "--multi-arch", "index-only", "--src-tls-verify=false", "--dest-tls-verify=false"])
+            .arg(upstream.docker_ref("vendor/app:v1"))
+            .arg(server.docker_ref("mirror/app:v1")),
+    );
     let before = inspect_json(&server, "mirror/app:v1");
     assert_eq!(before["absent_children"], 3);
 
