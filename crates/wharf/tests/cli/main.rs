@@ -6,3 +6,4 @@ mod fill;
 mod interop;
 mod server;
 mod sparse;
+mod sync;
