@@ -8,7 +8,7 @@ use wharf_registry::Registry;
 use crate::{ApiError, ApiResult, OCI_FILTERS_APPLIED, query_param};
 
 /// `n` and `last` of a paginated listing.
-fn paging(uri: &Uri) -> Result<(Option<u32>, Option<String>), ApiError> {
+pub(crate) fn paging(uri: &Uri) -> Result<(Option<u32>, Option<String>), ApiError> {
     let n = match query_param(uri, "n") {
         None => None,
         Some(n) => Some(n.parse::<u32>().map_err(|_| {
@@ -23,7 +23,12 @@ fn paging(uri: &Uri) -> Result<(Option<u32>, Option<String>), ApiError> {
 }
 
 /// A JSON listing with a `Link: <…>; rel="next"` when the page is full.
-fn listing(body: serde_json::Value, items: &[String], n: Option<u32>, next_base: &str) -> Response {
+pub(crate) fn listing(
+    body: serde_json::Value,
+    items: &[String],
+    n: Option<u32>,
+    next_base: &str,
+) -> Response {
     let mut resp = (StatusCode::OK, body.to_string()).into_response();
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));

@@ -3,6 +3,7 @@
 //! Handlers are thin: parse the request into OCI types, call `wharf_registry::Registry`,
 //! turn the result into a response. Storage is never touched from here.
 
+mod auth;
 mod blobs;
 mod discovery;
 pub mod error;
@@ -23,12 +24,16 @@ use wharf_registry::Registry;
 use wharf_storage::BodyStream;
 
 pub use error::ApiError;
+/// Re-exported so that the binary configures authentication without another dependency.
+pub use wharf_auth;
 
 /// Shared state of every handler.
 #[derive(Clone)]
 pub struct AppState {
     pub registry: Registry,
     metrics: std::sync::Arc<metrics::Metrics>,
+    /// `None`: no `[auth]`, everything anonymous with full access.
+    auth: Option<std::sync::Arc<wharf_auth::Authority>>,
 }
 
 pub type ApiResult = Result<Response, ApiError>;
@@ -40,13 +45,20 @@ pub const SPARSE_SUPPORT: HeaderName = HeaderName::from_static("x-sparse-manifes
 pub const OCI_SUBJECT: HeaderName = HeaderName::from_static("oci-subject");
 pub const OCI_FILTERS_APPLIED: HeaderName = HeaderName::from_static("oci-filters-applied");
 
-/// The whole API as a router.
+/// The whole API as a router, without authentication.
 pub fn router(registry: Registry) -> Router {
+    router_with_auth(registry, None)
+}
+
+/// The whole API as a router; with `auth`, `/v2/` requests are authenticated and authorized
+/// (see `auth.rs`) and `/token` issues tokens. `/metrics` and `/healthz` stay open.
+pub fn router_with_auth(registry: Registry, auth: Option<wharf_auth::Authority>) -> Router {
     Router::new()
         .route("/metrics", axum::routing::get(metrics_endpoint))
         .route("/healthz", axum::routing::get(health))
+        .route("/token", axum::routing::get(auth::token_endpoint))
         .fallback(dispatch)
-        .with_state(AppState { registry, metrics: Default::default() })
+        .with_state(AppState { registry, metrics: Default::default(), auth: auth.map(std::sync::Arc::new) })
 }
 
 /// Serve until `shutdown` resolves, then finish in-flight requests.
@@ -55,19 +67,32 @@ pub async fn serve(
     registry: Registry,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(registry)).with_graceful_shutdown(shutdown).await
+    serve_with_auth(listener, registry, None, shutdown).await
+}
+
+/// [`serve`] with authentication (`None`: anonymous full access).
+pub async fn serve_with_auth(
+    listener: tokio::net::TcpListener,
+    registry: Registry,
+    auth: Option<wharf_auth::Authority>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router_with_auth(registry, auth)).with_graceful_shutdown(shutdown).await
 }
 
 /// Routes are recognised by `wharf_oci::Route` (repository names contain slashes, which
 /// path-template routers cannot express), then dispatched by method.
-async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
+async fn dispatch(State(state): State<AppState>, mut req: Request) -> Response {
     let started = std::time::Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let parsed = Route::parse(&path);
     let endpoint = metrics::endpoint(parsed.as_ref().ok());
     let result = match parsed {
-        Ok(route) => handle(&state, route, req).await,
+        Ok(route) => match auth::authorize(&state, &route, &mut req).await {
+            Ok(()) => handle(&state, route, req).await,
+            Err(refused) => Ok(refused),
+        },
         Err(RouteError::NotFound) => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             ErrorCode::NameUnknown,
@@ -123,7 +148,10 @@ async fn handle(state: &AppState, route: Route, req: Request) -> ApiResult {
     let uri = req.uri().clone();
     match (route, method) {
         (Route::Base, Method::GET | Method::HEAD) => Ok(base(reg)),
-        (Route::Catalog, Method::GET) => discovery::catalog(reg, &uri).await,
+        (Route::Catalog, Method::GET) => match req.extensions().get::<auth::CatalogFilter>() {
+            Some(filter) => auth::catalog(reg, filter, &uri).await,
+            None => discovery::catalog(reg, &uri).await,
+        },
         (Route::Tags(repo), Method::GET) => discovery::tags(reg, &repo, &uri).await,
         (Route::Referrers(repo, digest), Method::GET) => {
             discovery::referrers(reg, &repo, &digest, &uri).await

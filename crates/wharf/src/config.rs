@@ -2,9 +2,10 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
 use wharf_oci::Platform;
 use wharf_registry::{IndexPolicy, IndexRule, RegistryConfig, RepoPattern};
+use wharf_server::wharf_auth::{self, AuthConfig, Htpasswd, TokenKey, TokenSettings};
 
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -22,6 +23,55 @@ pub struct ServerFile {
     /// Upstreams that fill absent manifests and blobs on demand.
     #[serde(default)]
     pub upstreams: Vec<crate::upstream::UpstreamFile>,
+    /// Authentication and permissions; absent: everyone has full access, anonymously.
+    pub auth: Option<AuthFile>,
+}
+
+/// `[auth]`.
+#[derive(Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthFile {
+    /// Users: an htpasswd file with bcrypt hashes (`htpasswd -B`).
+    pub htpasswd: Option<PathBuf>,
+    /// The Docker token flow (Bearer challenges, `/token`) instead of basic auth.
+    #[serde(default)]
+    pub token: bool,
+    /// The advertised token endpoint [default: `http://<Host of the request>/token`].
+    pub realm: Option<String>,
+    /// `service` of challenges and tokens [default: "wharf"].
+    pub service: Option<String>,
+    /// Secret that signs tokens [default: random at each start].
+    pub token_key: Option<String>,
+    /// First matching pattern wins; no match = no access.
+    #[serde(default)]
+    pub rules: Vec<AuthRuleFile>,
+}
+
+impl std::fmt::Debug for AuthFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthFile")
+            .field("htpasswd", &self.htpasswd)
+            .field("token", &self.token)
+            .field("realm", &self.realm)
+            .field("service", &self.service)
+            .field("token_key", &self.token_key.as_ref().map(|_| "<redacted>"))
+            .field("rules", &self.rules)
+            .finish()
+    }
+}
+
+/// `[[auth.rules]]`: who may pull, push and delete in repositories matching `pattern`.
+/// Entries: `"*"` (anyone, anonymous included), `"authenticated"` (any user), or user names.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthRuleFile {
+    pub pattern: String,
+    #[serde(default)]
+    pub pull: Vec<String>,
+    #[serde(default)]
+    pub push: Vec<String>,
+    #[serde(default)]
+    pub delete: Vec<String>,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -87,6 +137,68 @@ pub fn registry_config(file: &ServerFile, default_policy: Option<&str>) -> anyho
     })
 }
 
+/// A value that goes inside a quoted `WWW-Authenticate` parameter.
+fn check_quotable(what: &str, value: &str) -> anyhow::Result<()> {
+    if value.is_empty() || value.chars().any(|c| c == '"' || c == '\\' || c.is_control()) {
+        bail!("auth.{what} {value:?} must be non-empty, without quotes, backslashes or control characters");
+    }
+    Ok(())
+}
+
+/// Build the authentication settings from `[auth]` (reading the htpasswd file).
+/// `None`: no `[auth]` section.
+pub fn auth_config(file: &ServerFile) -> anyhow::Result<Option<AuthConfig>> {
+    let Some(a) = &file.auth else { return Ok(None) };
+    let htpasswd = match &a.htpasswd {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading auth.htpasswd {}", path.display()))?;
+            Some(Htpasswd::parse(&text).with_context(|| format!("auth.htpasswd {}", path.display()))?)
+        }
+        None => None,
+    };
+    let rules = a
+        .rules
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            wharf_auth::Rule::new(&r.pattern, &r.pull, &r.push, &r.delete)
+                .map_err(|e| anyhow!("auth.rules[{i}] (pattern {:?}): {e}", r.pattern))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let token = if a.token {
+        let mut t = TokenSettings::new();
+        if let Some(service) = &a.service {
+            check_quotable("service", service)?;
+            t.service = service.clone();
+        }
+        if let Some(realm) = &a.realm {
+            check_quotable("realm", realm)?;
+            if !(realm.starts_with("http://") || realm.starts_with("https://")) {
+                bail!("auth.realm {realm:?} must be the token endpoint's http:// or https:// URL");
+            }
+            t.realm = Some(realm.clone());
+        }
+        if let Some(secret) = &a.token_key {
+            t.key = TokenKey::from_secret(secret).map_err(|e| anyhow!("auth.{e}"))?;
+            t.key_configured = true;
+        }
+        Some(t)
+    } else {
+        for (name, set) in [
+            ("realm", a.realm.is_some()),
+            ("service", a.service.is_some()),
+            ("token_key", a.token_key.is_some()),
+        ] {
+            if set {
+                bail!("auth.{name} is only used by the token flow: add `token = true` or remove it");
+            }
+        }
+        None
+    };
+    Ok(Some(AuthConfig { htpasswd, rules, token }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,5 +235,56 @@ mod tests {
         assert!(parse_rule(Some("complete"), Some(&["linux/amd64".into()])).is_err());
         assert!(parse_rule(None, Some(&["linux".into()])).is_err());
         assert!(toml::from_str::<ServerFile>("adr = \"x\"").is_err());
+    }
+
+    #[test]
+    fn reads_the_auth_section() {
+        let dir = tempfile::tempdir().unwrap();
+        let htpasswd = dir.path().join("htpasswd");
+        std::fs::write(&htpasswd, wharf_testkit::htpasswd_line("ci", "pw")).unwrap();
+        let text = format!(
+            r#"
+            [auth]
+            htpasswd = "{}"
+            token = true
+            token_key = "0123456789abcdef0123456789abcdef"
+            [[auth.rules]]
+            pattern = "mirror/**"
+            pull = ["*"]
+            push = ["ci"]
+            delete = ["admin"]
+            "#,
+            htpasswd.display()
+        );
+        let file: ServerFile = toml::from_str(&text).unwrap();
+        assert!(!format!("{file:?}").contains("0123456789abcdef"), "Debug shows no secret");
+        let cfg = auth_config(&file).unwrap().unwrap();
+        assert_eq!(cfg.rules.len(), 1);
+        let t = cfg.token.as_ref().unwrap();
+        assert!(t.key_configured);
+        assert_eq!(t.service, "wharf");
+        assert_eq!(t.realm, None);
+        let authority = wharf_auth::Authority::new(cfg);
+        assert!(authority.login("ci", "pw").is_some());
+        // admin is not in the file: a warning, not an error.
+        assert_eq!(authority.warnings().len(), 1, "{:?}", authority.warnings());
+
+        // No [auth]: nothing to build.
+        assert!(auth_config(&ServerFile::default()).unwrap().is_none());
+    }
+
+    #[test]
+    fn rejects_bad_auth_sections() {
+        let bad = |text: &str| {
+            let file: ServerFile = toml::from_str(text).unwrap();
+            auth_config(&file).unwrap_err().to_string()
+        };
+        assert!(bad("[auth]\nhtpasswd = \"/nonexistent/htpasswd\"").contains("/nonexistent/htpasswd"));
+        assert!(bad("[auth]\ntoken = true\ntoken_key = \"short\"").contains("at least 32"));
+        assert!(bad("[auth]\ntoken_key = \"0123456789abcdef0123456789abcdef\"").contains("token = true"));
+        assert!(bad("[auth]\ntoken = true\nrealm = \"registry.example.com/token\"").contains("http"));
+        assert!(bad("[auth]\ntoken = true\nservice = \"a\\\"b\"").contains("quotes"));
+        assert!(bad("[[auth.rules]]\npattern = \"x\"\npush = [\"a b\"]").contains("auth.rules[0]"));
+        assert!(toml::from_str::<ServerFile>("[auth]\ntokens = true").is_err());
     }
 }

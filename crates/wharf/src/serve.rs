@@ -8,7 +8,7 @@ use wharf_metadata::MetadataStore;
 use wharf_registry::Registry;
 use wharf_storage::BlobStore;
 
-use crate::config::{ServerFile, registry_config};
+use crate::config::{ServerFile, auth_config, registry_config};
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -37,6 +37,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let addr = args.addr.or(file.addr.clone()).unwrap_or_else(|| "127.0.0.1:5000".into());
     let data_dir = args.data_dir.or(file.data_dir.clone()).unwrap_or_else(|| "./wharf-data".into());
     let config = registry_config(&file, args.index_policy.as_deref())?;
+    let auth = auth_config(&file)?.map(wharf_server::wharf_auth::Authority::new);
 
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating data dir {}", data_dir.display()))?;
@@ -66,15 +67,42 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     let registry = Registry::new(blobs, meta, config);
+    log_auth(auth.as_ref());
 
     let expiry = Duration::from_secs(3600 * file.upload_expiry_hours.unwrap_or(24));
     tokio::spawn(expire_uploads(registry.clone(), expiry));
 
     let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
     tracing::info!(addr = %listener.local_addr()?, data_dir = %data_dir.display(), metadata = %redact(&database), "wharf registry listening");
-    wharf_server::serve(listener, registry, shutdown_signal()).await?;
+    wharf_server::serve_with_auth(listener, registry, auth, shutdown_signal()).await?;
     tracing::info!("shut down cleanly");
     Ok(())
+}
+
+/// Say at start who may do what (never a secret).
+fn log_auth(auth: Option<&wharf_server::wharf_auth::Authority>) {
+    let Some(auth) = auth else {
+        tracing::info!("no [auth] section: every client may pull, push and delete, anonymously");
+        return;
+    };
+    for warning in auth.warnings() {
+        tracing::warn!("{warning}");
+    }
+    let users = auth.user_count();
+    let rules = auth.rules().as_slice().len();
+    match auth.token_settings() {
+        None => tracing::info!(users, rules, "authentication: basic auth (htpasswd)"),
+        Some(t) => {
+            let realm = t.realm.as_deref().unwrap_or("http://<Host of each request>/token");
+            tracing::info!(users, rules, realm, service = %t.service, "authentication: Docker token flow");
+            if !t.key_configured {
+                tracing::info!(
+                    "auth.token_key is not set: tokens are signed with a key made at start, so they do not \
+                     survive a restart and are not accepted by other replicas; set it to share them"
+                );
+            }
+        }
+    }
 }
 
 /// Hide a password in a database URL before it reaches a log line.

@@ -1,6 +1,7 @@
 //! The registry over real HTTP: every endpoint of the distribution spec, its error
 //! cases, and Wharf's index policies. Each test runs against SQLite and PostgreSQL.
 
+mod auth;
 mod conformance;
 mod harness;
 mod protocol;

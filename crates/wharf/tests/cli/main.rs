@@ -1,6 +1,7 @@
 //! The `wharf` binary against the real clients: skopeo, podman (and the registry's own
 //! config file and flags). One test binary for the crate.
 
+mod auth;
 mod copy;
 mod fill;
 mod interop;

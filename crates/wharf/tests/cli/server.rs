@@ -89,7 +89,9 @@ fn wait_ready(addr: &str, child: &mut Child) -> bool {
             let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
             let _ = s.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
             let mut buf = [0u8; 16];
-            if s.read(&mut buf).is_ok_and(|n| n > 0 && buf.starts_with(b"HTTP/1.1 200")) {
+            // 401: a registry with [auth] challenges a request without credentials.
+            let up = |b: &[u8]| b.starts_with(b"HTTP/1.1 200") || b.starts_with(b"HTTP/1.1 401");
+            if s.read(&mut buf).is_ok_and(|n| n > 0 && up(&buf)) {
                 return true;
             }
         }

@@ -1,0 +1,463 @@
+//! Wharf's authentication and authorization, without HTTP types.
+//!
+//! - [`Htpasswd`]: users and their bcrypt hashes (`htpasswd -B`), verified in constant time
+//!   with the cost the file says;
+//! - [`Rules`]: ordered repository-pattern rules (`*` one segment, `**` any), each listing who
+//!   may `pull`, `push` and `delete`; the first matching pattern decides, no match = no access;
+//! - [`Scope`]: Docker token scopes (`repository:NAME:pull,push`, `registry:catalog:*`);
+//! - the built-in token issuer: HS256 JWTs carrying the granted scopes ([`token`]);
+//! - [`Authority`]: all of it together, as the server uses it.
+
+mod htpasswd;
+mod rules;
+mod scope;
+pub mod token;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use wharf_oci::RepoName;
+
+pub use htpasswd::{Htpasswd, HtpasswdError};
+pub use rules::{Action, Actions, Identity, Principal, Rule, Rules};
+pub use scope::{Scope, ScopeError};
+pub use token::{Claims, TokenError, TokenKey};
+
+/// The `service` of challenges and tokens unless configured.
+pub const DEFAULT_SERVICE: &str = "wharf";
+/// The `iss` of every token this server issues.
+pub const ISSUER: &str = "wharf";
+/// How long an issued token is valid.
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(300);
+
+/// Successful password checks are remembered this long (bcrypt is slow on purpose; a pull is
+/// dozens of requests).
+const LOGIN_CACHE_TTL: Duration = Duration::from_secs(60);
+const LOGIN_CACHE_MAX: usize = 1024;
+
+pub(crate) fn fill_random(buf: &mut [u8]) {
+    getrandom::fill(buf).expect("the operating system's random number generator failed");
+}
+
+/// The Docker token flow's settings.
+#[derive(Debug, Clone)]
+pub struct TokenSettings {
+    /// `service` in challenges and the `aud` of tokens.
+    pub service: String,
+    /// The advertised token endpoint; `None`: `<scheme>://<Host of the request>/token`.
+    pub realm: Option<String>,
+    pub key: TokenKey,
+    /// Was the key configured (shared across restarts and replicas) or random at start?
+    pub key_configured: bool,
+    pub ttl: Duration,
+}
+
+impl TokenSettings {
+    /// Settings with the default service and lifetime, and a random key.
+    pub fn new() -> TokenSettings {
+        TokenSettings {
+            service: DEFAULT_SERVICE.into(),
+            realm: None,
+            key: TokenKey::random(),
+            key_configured: false,
+            ttl: DEFAULT_TOKEN_TTL,
+        }
+    }
+}
+
+impl Default for TokenSettings {
+    fn default() -> Self {
+        TokenSettings::new()
+    }
+}
+
+/// Everything `[auth]` configures.
+#[derive(Debug, Default)]
+pub struct AuthConfig {
+    /// Users; `None`: nobody can log in, only rules that admit `*` apply.
+    pub htpasswd: Option<Htpasswd>,
+    pub rules: Vec<Rule>,
+    /// `Some`: the Docker token flow (Bearer challenges, the `/token` endpoint); `None`:
+    /// basic auth on every request.
+    pub token: Option<TokenSettings>,
+}
+
+/// A token as the token endpoint returns it.
+#[derive(Debug, Clone)]
+pub struct IssuedToken {
+    pub token: String,
+    pub expires_in: u64,
+    /// RFC 3339, UTC.
+    pub issued_at: String,
+    pub claims: Claims,
+}
+
+/// Users, rules and the token issuer: what the server asks who may do what.
+#[derive(Debug)]
+pub struct Authority {
+    htpasswd: Option<Htpasswd>,
+    rules: Rules,
+    token: Option<TokenSettings>,
+    cache: LoginCache,
+}
+
+impl Authority {
+    pub fn new(config: AuthConfig) -> Authority {
+        Authority {
+            htpasswd: config.htpasswd,
+            rules: Rules::new(config.rules),
+            token: config.token,
+            cache: LoginCache::new(),
+        }
+    }
+
+    /// Configuration that is valid but probably not what was meant (to log at start).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.rules.as_slice().is_empty() {
+            out.push("[auth] has no rules: every repository is inaccessible to everyone".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, user) in self.rules.named_users() {
+            let known = self.htpasswd.as_ref().is_some_and(|h| h.contains(user));
+            if !known && seen.insert(user) {
+                let pattern = self.rules.as_slice()[i].pattern.as_str();
+                out.push(format!(
+                    "auth rule {} (pattern {pattern:?}) names user {user:?}, who is not in the htpasswd file",
+                    i + 1
+                ));
+            }
+        }
+        if self.htpasswd.is_none() && self.rules.mentions_users() {
+            out.push("[auth] rules admit users but no htpasswd file is configured: nobody can log in".into());
+        }
+        out
+    }
+
+    pub fn token_settings(&self) -> Option<&TokenSettings> {
+        self.token.as_ref()
+    }
+
+    pub fn user_count(&self) -> usize {
+        self.htpasswd.as_ref().map_or(0, Htpasswd::len)
+    }
+
+    pub fn rules(&self) -> &Rules {
+        &self.rules
+    }
+
+    /// A password check answered from the cache of recent successes, without bcrypt.
+    pub fn cached_login(&self, user: &str, password: &str) -> Option<Identity> {
+        self.cache.get(user, password).map(Identity::User)
+    }
+
+    /// Check a user's password (one bcrypt computation: call it off the async executor).
+    /// `None`: unknown user or wrong password.
+    pub fn login(&self, user: &str, password: &str) -> Option<Identity> {
+        if let Some(id) = self.cached_login(user, password) {
+            return Some(id);
+        }
+        let htpasswd = self.htpasswd.as_ref()?;
+        if htpasswd.verify(user, password) {
+            self.cache.put(user, password);
+            Some(Identity::User(user.to_owned()))
+        } else {
+            None
+        }
+    }
+
+    /// What `id` may do on `repo`, by the rules.
+    pub fn actions_for(&self, id: &Identity, repo: &RepoName) -> Actions {
+        self.rules.actions_for(id, repo)
+    }
+
+    /// The catalog is for users who logged in (and lists what they may pull).
+    pub fn may_list_catalog(&self, id: &Identity) -> bool {
+        !id.is_anonymous()
+    }
+
+    /// The requested scopes intersected with what the rules allow `id`. Unknown resource
+    /// types, invalid names and refused actions are dropped (an empty grant is valid);
+    /// `*` on a repository stands for every action allowed.
+    pub fn grant(&self, id: &Identity, requested: &[Scope]) -> Vec<Scope> {
+        let mut granted: Vec<Scope> = Vec::new();
+        for s in requested {
+            let scope = match s.kind.as_str() {
+                "repository" => {
+                    let Ok(repo) = s.name.parse::<RepoName>() else { continue };
+                    let allowed = self.actions_for(id, &repo);
+                    let mut asked = Actions::NONE;
+                    for a in &s.actions {
+                        match a.as_str() {
+                            "*" => asked = Actions::ALL,
+                            other => {
+                                if let Some(action) = Action::parse(other) {
+                                    asked.insert(action);
+                                }
+                            }
+                        }
+                    }
+                    let actions: Actions = asked.iter().filter(|a| allowed.contains(*a)).collect();
+                    // Merge with an earlier scope on the same repository.
+                    if let Some(prev) =
+                        granted.iter_mut().find(|g| g.kind == "repository" && g.name == s.name)
+                    {
+                        let mut all: Actions = prev.actions.iter().filter_map(|a| Action::parse(a)).collect();
+                        actions.iter().for_each(|a| all.insert(a));
+                        *prev = Scope::repository(&s.name, all.iter());
+                        continue;
+                    }
+                    if actions.is_empty() {
+                        continue;
+                    }
+                    Scope::repository(&s.name, actions.iter())
+                }
+                "registry" if s.name == "catalog" && s.actions.iter().any(|a| a == "*") => {
+                    if !self.may_list_catalog(id) || granted.contains(&Scope::catalog()) {
+                        continue;
+                    }
+                    Scope::catalog()
+                }
+                _ => continue,
+            };
+            granted.push(scope);
+        }
+        granted
+    }
+
+    /// Mint a token for `id` with the intersection of `requested` and its permissions.
+    /// `None` when the token flow is not configured.
+    pub fn issue(&self, id: &Identity, requested: &[Scope]) -> Option<IssuedToken> {
+        self.issue_at(id, requested, now_secs())
+    }
+
+    /// [`issue`](Self::issue) at a given time (seconds since the epoch).
+    pub fn issue_at(&self, id: &Identity, requested: &[Scope], now: u64) -> Option<IssuedToken> {
+        let settings = self.token.as_ref()?;
+        let ttl = settings.ttl.as_secs().max(1);
+        let claims = Claims {
+            iss: ISSUER.into(),
+            sub: id.user().unwrap_or("").to_owned(),
+            aud: settings.service.clone(),
+            exp: now + ttl,
+            nbf: now,
+            iat: now,
+            jti: htpasswd::random_hex(16),
+            access: self.grant(id, requested),
+        };
+        Some(IssuedToken {
+            token: token::sign(&settings.key, &claims),
+            expires_in: ttl,
+            issued_at: rfc3339(now),
+            claims,
+        })
+    }
+
+    /// Verify a bearer token of this issuer.
+    pub fn verify_token(&self, token: &str) -> Result<Claims, TokenError> {
+        self.verify_token_at(token, now_secs())
+    }
+
+    pub fn verify_token_at(&self, token: &str, now: u64) -> Result<Claims, TokenError> {
+        let settings = self.token.as_ref().ok_or(TokenError::WrongAudience)?;
+        token::verify(&settings.key, token, ISSUER, &settings.service, now)
+    }
+}
+
+/// `user:password` from the base64 of an `Authorization: Basic` header.
+pub fn parse_basic(b64: &str) -> Option<(String, String)> {
+    let bytes = base64::engine::general_purpose::STANDARD.decode(b64.trim()).ok()?;
+    let text = String::from_utf8(bytes).ok()?;
+    let (user, password) = text.split_once(':')?;
+    Some((user.to_owned(), password.to_owned()))
+}
+
+pub fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` for seconds since the epoch.
+pub fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// Recent successful logins, keyed by an HMAC (with a per-process random key) of user and
+/// password: neither is stored.
+struct LoginCache {
+    key: [u8; 32],
+    entries: Mutex<HashMap<[u8; 32], (String, Instant)>>,
+}
+
+impl std::fmt::Debug for LoginCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LoginCache")
+    }
+}
+
+impl LoginCache {
+    fn new() -> LoginCache {
+        let mut key = [0u8; 32];
+        fill_random(&mut key);
+        LoginCache { key, entries: Mutex::new(HashMap::new()) }
+    }
+
+    fn fingerprint(&self, user: &str, password: &str) -> [u8; 32] {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("any key length");
+        mac.update(&(user.len() as u64).to_be_bytes());
+        mac.update(user.as_bytes());
+        mac.update(password.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
+    fn get(&self, user: &str, password: &str) -> Option<String> {
+        let fp = self.fingerprint(user, password);
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        match entries.get(&fp) {
+            Some((u, at)) if at.elapsed() < LOGIN_CACHE_TTL && u == user => Some(u.clone()),
+            _ => None,
+        }
+    }
+
+    fn put(&self, user: &str, password: &str) {
+        let fp = self.fingerprint(user, password);
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= LOGIN_CACHE_MAX {
+            entries.retain(|_, (_, at)| at.elapsed() < LOGIN_CACHE_TTL);
+            if entries.len() >= LOGIN_CACHE_MAX {
+                entries.clear();
+            }
+        }
+        entries.insert(fp, (user.to_owned(), Instant::now()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn htpasswd(users: &[(&str, &str)]) -> Htpasswd {
+        let text: String = users
+            .iter()
+            .map(|(u, p)| {
+                let h = bcrypt::hash_with_salt(p, 4, [3u8; 16]).unwrap();
+                format!("{u}:{}\n", h.format_for_version(bcrypt::Version::TwoY))
+            })
+            .collect();
+        Htpasswd::parse(&text).unwrap()
+    }
+
+    fn authority(token: bool) -> Authority {
+        Authority::new(AuthConfig {
+            htpasswd: Some(htpasswd(&[("ci", "pw"), ("admin", "root")])),
+            rules: vec![
+                Rule::new("mirror/**", &strings(&["*"]), &strings(&["ci"]), &strings(&["admin"])).unwrap(),
+                Rule::new("private/**", &strings(&["authenticated"]), &strings(&["ci"]), &[]).unwrap(),
+            ],
+            token: token.then(TokenSettings::new),
+        })
+    }
+
+    fn scopes(s: &str) -> Vec<Scope> {
+        Scope::parse_list(s).unwrap()
+    }
+
+    #[test]
+    fn logins() {
+        let a = authority(false);
+        assert_eq!(a.cached_login("ci", "pw"), None);
+        assert_eq!(a.login("ci", "pw"), Some(Identity::User("ci".into())));
+        assert_eq!(a.cached_login("ci", "pw"), Some(Identity::User("ci".into())));
+        assert_eq!(a.cached_login("ci", "other"), None);
+        assert_eq!(a.login("ci", "wrong"), None);
+        assert_eq!(a.login("nobody", "pw"), None);
+        assert_eq!(a.login("", ""), None);
+        let no_users = Authority::new(AuthConfig::default());
+        assert_eq!(no_users.login("ci", "pw"), None);
+        assert!(!no_users.warnings().is_empty());
+        assert!(a.warnings().is_empty(), "{:?}", a.warnings());
+    }
+
+    #[test]
+    fn grants_the_intersection() {
+        let a = authority(true);
+        let ci = Identity::User("ci".into());
+        let g = a.grant(&ci, &scopes("repository:mirror/app:pull,push,delete repository:other:pull"));
+        assert_eq!(g, vec![Scope::repository("mirror/app", [Action::Pull, Action::Push])]);
+        // Anonymous: pull of the public pattern only; no catalog.
+        let g = a.grant(
+            &Identity::Anonymous,
+            &scopes("repository:mirror/app:pull,push repository:private/x:pull registry:catalog:*"),
+        );
+        assert_eq!(g, vec![Scope::repository("mirror/app", [Action::Pull])]);
+        // `*` is every allowed action; two scopes on one repository merge.
+        let admin = Identity::User("admin".into());
+        let g = a.grant(&admin, &scopes("repository:mirror/a:* registry:catalog:*"));
+        assert_eq!(g, vec![Scope::repository("mirror/a", [Action::Pull, Action::Delete]), Scope::catalog()]);
+        let g = a.grant(&ci, &scopes("repository:private/x:pull repository:private/x:push"));
+        assert_eq!(g, vec![Scope::repository("private/x", [Action::Pull, Action::Push])]);
+        // Invalid names and unknown types grant nothing.
+        assert!(
+            a.grant(&ci, &scopes("repository:UPPER:pull plugin:x:pull repository(plugin):mirror/a:pull"))
+                .is_empty()
+        );
+        assert!(a.grant(&ci, &[]).is_empty());
+    }
+
+    #[test]
+    fn issues_and_verifies_tokens() {
+        let a = authority(true);
+        let now = 1_700_000_000;
+        let t = a
+            .issue_at(&Identity::User("ci".into()), &scopes("repository:mirror/app:pull,push"), now)
+            .unwrap();
+        assert_eq!(t.expires_in, 300);
+        assert_eq!(t.issued_at, "2023-11-14T22:13:20Z");
+        let c = a.verify_token_at(&t.token, now + 1).unwrap();
+        assert_eq!(c.identity(), Identity::User("ci".into()));
+        assert!(c.permits("repository", "mirror/app", "push"));
+        assert_eq!(a.verify_token_at(&t.token, now + 301), Err(TokenError::Expired));
+        // An empty grant is still a token, for anonymous too.
+        let t = a.issue_at(&Identity::Anonymous, &scopes("repository:private/x:pull"), now).unwrap();
+        let c = a.verify_token_at(&t.token, now).unwrap();
+        assert!(c.access.is_empty());
+        assert_eq!(c.identity(), Identity::Anonymous);
+        // Another Authority (another random key) refuses it; basic-only mode issues nothing.
+        assert_eq!(authority(true).verify_token_at(&t.token, now), Err(TokenError::BadSignature));
+        assert!(authority(false).issue(&Identity::Anonymous, &[]).is_none());
+        assert!(authority(false).verify_token(&t.token).is_err());
+    }
+
+    #[test]
+    fn basic_header_and_dates() {
+        assert_eq!(parse_basic("Y2k6cHc="), Some(("ci".into(), "pw".into())));
+        // Passwords may contain colons.
+        let b64 = base64::engine::general_purpose::STANDARD.encode("u:a:b");
+        assert_eq!(parse_basic(&b64), Some(("u".into(), "a:b".into())));
+        assert_eq!(parse_basic("Og=="), Some((String::new(), String::new())));
+        assert_eq!(parse_basic("not base64!"), None);
+        assert_eq!(parse_basic("bm9jb2xvbg=="), None);
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(4_102_444_799), "2099-12-31T23:59:59Z");
+    }
+}

@@ -1,0 +1,305 @@
+//! Who may do what: ordered repository-pattern rules, first match wins, no match = no access.
+
+use std::fmt;
+
+use wharf_oci::RepoName;
+use wharf_registry::RepoPattern;
+
+/// What a request does to a repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    Pull,
+    Push,
+    Delete,
+}
+
+impl Action {
+    pub const ALL: [Action; 3] = [Action::Pull, Action::Push, Action::Delete];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Pull => "pull",
+            Action::Push => "push",
+            Action::Delete => "delete",
+        }
+    }
+
+    /// The Docker scope action name (`pull`, `push`, `delete`).
+    pub fn parse(s: &str) -> Option<Action> {
+        Action::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+
+    fn bit(self) -> u8 {
+        match self {
+            Action::Pull => 1,
+            Action::Push => 2,
+            Action::Delete => 4,
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A set of actions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Actions(u8);
+
+impl Actions {
+    pub const NONE: Actions = Actions(0);
+    pub const ALL: Actions = Actions(7);
+
+    pub fn contains(self, a: Action) -> bool {
+        self.0 & a.bit() != 0
+    }
+
+    pub fn insert(&mut self, a: Action) {
+        self.0 |= a.bit();
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// In the canonical order pull, push, delete.
+    pub fn iter(self) -> impl Iterator<Item = Action> {
+        Action::ALL.into_iter().filter(move |a| self.contains(*a))
+    }
+}
+
+impl FromIterator<Action> for Actions {
+    fn from_iter<I: IntoIterator<Item = Action>>(iter: I) -> Actions {
+        let mut s = Actions::NONE;
+        for a in iter {
+            s.insert(a);
+        }
+        s
+    }
+}
+
+/// Who is asking: nobody in particular, or a user whose password (or token) was checked.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Identity {
+    Anonymous,
+    User(String),
+}
+
+impl Identity {
+    pub fn is_anonymous(&self) -> bool {
+        matches!(self, Identity::Anonymous)
+    }
+
+    pub fn user(&self) -> Option<&str> {
+        match self {
+            Identity::Anonymous => None,
+            Identity::User(u) => Some(u),
+        }
+    }
+}
+
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Identity::Anonymous => f.write_str("anonymous"),
+            Identity::User(u) => write!(f, "user {u:?}"),
+        }
+    }
+}
+
+/// An entry of a rule's `pull`/`push`/`delete` list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// `"*"`: anyone, including anonymous clients.
+    Anyone,
+    /// `"authenticated"`: any user with a valid password or token.
+    Authenticated,
+    /// A user name from the htpasswd file.
+    User(String),
+}
+
+impl Principal {
+    pub fn parse(s: &str) -> Result<Principal, String> {
+        match s {
+            "*" => Ok(Principal::Anyone),
+            "authenticated" => Ok(Principal::Authenticated),
+            "" => Err("an empty user name".into()),
+            u if u.contains(':') || u.chars().any(char::is_whitespace) => {
+                Err(format!("{u:?} is not a user name (no ':' or spaces)"))
+            }
+            u => Ok(Principal::User(u.to_owned())),
+        }
+    }
+
+    pub fn admits(&self, id: &Identity) -> bool {
+        match (self, id) {
+            (Principal::Anyone, _) => true,
+            (Principal::Authenticated, Identity::User(_)) => true,
+            (Principal::User(want), Identity::User(got)) => want == got,
+            _ => false,
+        }
+    }
+}
+
+/// One `[[auth.rules]]` entry.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub pattern: RepoPattern,
+    pub pull: Vec<Principal>,
+    pub push: Vec<Principal>,
+    pub delete: Vec<Principal>,
+}
+
+impl Rule {
+    /// A rule from its configuration strings; errors name the offending entry.
+    pub fn new(pattern: &str, pull: &[String], push: &[String], delete: &[String]) -> Result<Rule, String> {
+        if pattern.is_empty() {
+            return Err("empty pattern (use \"**\" for every repository)".into());
+        }
+        let list = |what: &str, v: &[String]| -> Result<Vec<Principal>, String> {
+            v.iter().map(|s| Principal::parse(s).map_err(|e| format!("{what}: {e}"))).collect()
+        };
+        Ok(Rule {
+            pattern: RepoPattern::new(pattern),
+            pull: list("pull", pull)?,
+            push: list("push", push)?,
+            delete: list("delete", delete)?,
+        })
+    }
+
+    pub fn actions_for(&self, id: &Identity) -> Actions {
+        let mut s = Actions::NONE;
+        for (action, list) in
+            [(Action::Pull, &self.pull), (Action::Push, &self.push), (Action::Delete, &self.delete)]
+        {
+            if list.iter().any(|p| p.admits(id)) {
+                s.insert(action);
+            }
+        }
+        s
+    }
+
+    fn principals(&self) -> impl Iterator<Item = &Principal> {
+        self.pull.iter().chain(&self.push).chain(&self.delete)
+    }
+}
+
+/// The ordered rules.
+#[derive(Debug, Clone, Default)]
+pub struct Rules(Vec<Rule>);
+
+impl Rules {
+    pub fn new(rules: Vec<Rule>) -> Rules {
+        Rules(rules)
+    }
+
+    pub fn as_slice(&self) -> &[Rule] {
+        &self.0
+    }
+
+    /// The actions `id` may take on `repo`: the first rule whose pattern matches decides.
+    pub fn actions_for(&self, id: &Identity, repo: &RepoName) -> Actions {
+        self.0.iter().find(|r| r.pattern.matches(repo)).map(|r| r.actions_for(id)).unwrap_or(Actions::NONE)
+    }
+
+    /// User names the rules mention (to check them against the htpasswd file).
+    pub fn named_users(&self) -> impl Iterator<Item = (usize, &str)> {
+        self.0.iter().enumerate().flat_map(|(i, r)| {
+            r.principals().filter_map(move |p| match p {
+                Principal::User(u) => Some((i, u.as_str())),
+                _ => None,
+            })
+        })
+    }
+
+    /// Does any rule admit a user who is not anonymous (`authenticated` or a name)?
+    pub fn mentions_users(&self) -> bool {
+        self.0.iter().flat_map(Rule::principals).any(|p| !matches!(p, Principal::Anyone))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo(s: &str) -> RepoName {
+        s.parse().unwrap()
+    }
+
+    fn user(s: &str) -> Identity {
+        Identity::User(s.into())
+    }
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn rules() -> Rules {
+        Rules::new(vec![
+            Rule::new("mirror/private/**", &strings(&["authenticated"]), &strings(&["ci"]), &[]).unwrap(),
+            Rule::new("mirror/**", &strings(&["*"]), &strings(&["ci"]), &strings(&["admin"])).unwrap(),
+            Rule::new("team/*", &strings(&["dev", "ci"]), &strings(&["dev"]), &[]).unwrap(),
+        ])
+    }
+
+    #[test]
+    fn first_matching_rule_decides() {
+        let r = rules();
+        let anon = Identity::Anonymous;
+        // mirror/private/x matches the first rule, not the public second one.
+        assert_eq!(r.actions_for(&anon, &repo("mirror/private/x")), Actions::NONE);
+        assert_eq!(
+            r.actions_for(&user("dev"), &repo("mirror/private/x")),
+            [Action::Pull].into_iter().collect()
+        );
+        assert_eq!(
+            r.actions_for(&user("ci"), &repo("mirror/private/x")),
+            [Action::Pull, Action::Push].into_iter().collect()
+        );
+        // The public rule: anyone pulls, ci pushes, admin deletes (and also pulls, as anyone).
+        assert_eq!(r.actions_for(&anon, &repo("mirror/app")), [Action::Pull].into_iter().collect());
+        let admin = r.actions_for(&user("admin"), &repo("mirror/a/b"));
+        assert!(
+            admin.contains(Action::Delete) && admin.contains(Action::Pull) && !admin.contains(Action::Push)
+        );
+        // `*` is one segment.
+        assert!(r.actions_for(&user("dev"), &repo("team/app")).contains(Action::Push));
+        assert_eq!(r.actions_for(&user("dev"), &repo("team/app/sub")), Actions::NONE);
+        // No rule matches: no access, even for a named user.
+        assert_eq!(r.actions_for(&user("admin"), &repo("elsewhere")), Actions::NONE);
+    }
+
+    #[test]
+    fn principals() {
+        assert_eq!(Principal::parse("*").unwrap(), Principal::Anyone);
+        assert_eq!(Principal::parse("authenticated").unwrap(), Principal::Authenticated);
+        assert_eq!(Principal::parse("ci").unwrap(), Principal::User("ci".into()));
+        assert!(Principal::parse("").is_err());
+        assert!(Principal::parse("a:b").is_err());
+        assert!(Principal::Anyone.admits(&Identity::Anonymous));
+        assert!(!Principal::Authenticated.admits(&Identity::Anonymous));
+        assert!(Principal::Authenticated.admits(&user("x")));
+        assert!(!Principal::User("x".into()).admits(&user("y")));
+        let err = Rule::new("a/**", &[], &strings(&["ok", "bad user"]), &[]).unwrap_err();
+        assert!(err.starts_with("push:"), "{err}");
+        assert!(Rule::new("", &[], &[], &[]).is_err());
+    }
+
+    #[test]
+    fn named_users_and_action_sets() {
+        let r = rules();
+        let mut named: Vec<&str> = r.named_users().map(|(_, u)| u).collect();
+        named.sort_unstable();
+        named.dedup();
+        assert_eq!(named, ["admin", "ci", "dev"]);
+        assert!(r.mentions_users());
+        let only_public = Rules::new(vec![Rule::new("**", &strings(&["*"]), &[], &[]).unwrap()]);
+        assert!(!only_public.mentions_users());
+        let s: Actions = [Action::Delete, Action::Pull].into_iter().collect();
+        assert_eq!(s.iter().collect::<Vec<_>>(), [Action::Pull, Action::Delete]);
+        assert_eq!(Action::parse("push"), Some(Action::Push));
+        assert_eq!(Action::parse("*"), None);
+    }
+}
