@@ -24,17 +24,18 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 use tokio::task::JoinHandle;
-use tokio_util::io::ReaderStream;
 use uuid::Uuid;
 use wharf_oci::{Algorithm, Digest, DigestHasher};
 
 /// Incoming bytes are coalesced into writes of this size (larger chunks are written as they are).
 pub const WRITE_BATCH: usize = 1 << 20;
 /// Chunk size of the streams returned by [`BlobStore::read`].
-pub const READ_CHUNK: usize = 256 << 10;
+pub const READ_CHUNK: usize = 1 << 20;
+/// Chunks a download reads ahead of the socket: disk reads and network writes overlap, and
+/// memory per download stays bounded (`READ_AHEAD * READ_CHUNK`).
+const READ_AHEAD: usize = 4;
 /// Buffer used when re-hashing stored content from disk.
 const HASH_BUF: usize = 1 << 20;
 /// Temporary files older than this are removed when a store is opened (left over by a crash).
@@ -59,6 +60,38 @@ pub enum StorageError {
 
 /// A stream of body bytes, incoming (uploads) or outgoing (reads).
 pub type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
+
+/// Stream `len` bytes of `file` from `start`, read by a blocking thread up to `READ_AHEAD`
+/// chunks ahead of the consumer, straight into the chunk that is sent: one copy from the page
+/// cache, none through an intermediate buffer. Stops when the consumer goes away.
+fn read_ahead(mut file: StdFile, start: u64, len: u64) -> BodyStream {
+    let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(READ_AHEAD);
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = file.seek(SeekFrom::Start(start)) {
+            let _ = tx.blocking_send(Err(e));
+            return;
+        }
+        let mut remaining = len;
+        while remaining > 0 {
+            let n = remaining.min(READ_CHUNK as u64);
+            // `read_to_end` fills the spare capacity without zeroing it first.
+            let mut buf = Vec::with_capacity(n as usize);
+            let chunk = match (&mut file).take(n).read_to_end(&mut buf) {
+                Ok(got) if got as u64 == n => Ok(Bytes::from(buf)),
+                Ok(_) => {
+                    Err(io::Error::new(io::ErrorKind::UnexpectedEof, "blob file is shorter than it was"))
+                }
+                Err(e) => Err(e),
+            };
+            let failed = chunk.is_err();
+            if tx.blocking_send(chunk).is_err() || failed {
+                return;
+            }
+            remaining -= n;
+        }
+    });
+    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) }))
+}
 
 /// An open blob, possibly restricted to a byte range.
 pub struct BlobRead {
@@ -159,12 +192,17 @@ impl BlobStore {
         d: &Digest,
         range: Option<(u64, u64)>,
     ) -> Result<Option<BlobRead>, StorageError> {
-        let mut file = match tokio::fs::File::open(self.inner.blob_path(d)).await {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        let size = file.metadata().await?.len();
+        let path = self.inner.blob_path(d);
+        let opened = blocking(move || match StdFile::open(path) {
+            Ok(f) => {
+                let size = f.metadata()?.len();
+                Ok(Some((f, size)))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        })
+        .await?;
+        let Some((file, size)) = opened else { return Ok(None) };
         let (start, len) = match range {
             None => (0, size),
             Some((first, last)) => {
@@ -172,10 +210,7 @@ impl BlobStore {
                 if size == 0 || first > last { (first, 0) } else { (first, last - first + 1) }
             }
         };
-        if start > 0 && len > 0 {
-            file.seek(SeekFrom::Start(start)).await?;
-        }
-        let body = ReaderStream::with_capacity(file.take(len), READ_CHUNK);
+        let body = read_ahead(file, start, len);
         Ok(Some(BlobRead { size, start, len, body: Box::pin(body) }))
     }
 

@@ -3,8 +3,9 @@
 //! Asks Wharf's `/_wharf/index/` extension first; against any other registry it works the
 //! same report out with manifest HEADs and GETs.
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use wharf_client::{ClientOptions, RegistryClient};
+use wharf_mirror::ImageRef;
 use wharf_oci::{Manifest, Reference, RepoName};
 use wharf_registry::{ChildReport, IndexReport, ReferrerReport};
 
@@ -23,23 +24,20 @@ pub struct InspectArgs {
     creds: Option<String>,
 }
 
-/// `docker://HOST/REPO[:TAG|@DIGEST]` (the `docker://` prefix is optional).
+/// `docker://HOST/REPO[:TAG|@DIGEST]` (the `docker://` prefix is optional), parsed by the
+/// mirror's `ImageRef` like every other image reference of the CLI.
 pub fn parse_docker_ref(image: &str) -> anyhow::Result<(String, RepoName, Reference)> {
-    let rest = image.strip_prefix("docker://").unwrap_or(image);
-    let (host, path) = rest
-        .split_once('/')
-        .with_context(|| format!("{image:?} has no registry host: use docker://HOST/REPO[:TAG]"))?;
-    let (name, reference) = if let Some((n, d)) = path.split_once('@') {
-        (n, d.to_owned())
+    let with_transport = if image.contains("://") || image.starts_with("oci") {
+        image.to_owned()
     } else {
-        match path.rsplit_once(':') {
-            Some((n, t)) if !t.contains('/') => (n, t.to_owned()),
-            _ => (path, "latest".to_owned()),
-        }
+        format!("docker://{image}")
     };
-    let repo: RepoName = name.parse().with_context(|| format!("in {image:?}"))?;
-    let reference: Reference = reference.parse().map_err(|e| anyhow::anyhow!("in {image:?}: {e}"))?;
-    Ok((host.to_owned(), repo, reference))
+    let parsed: ImageRef = with_transport.parse()?;
+    let reference = parsed.registry_reference();
+    match (parsed, reference) {
+        (ImageRef::Docker { host, repo, .. }, Some(reference)) => Ok((host, repo, reference)),
+        _ => bail!("wharf inspect reads registries: use docker://HOST/REPO[:TAG|@DIGEST], not {image:?}"),
+    }
 }
 
 pub async fn run(args: InspectArgs) -> anyhow::Result<()> {
@@ -216,7 +214,10 @@ mod tests {
         let d = format!("sha256:{}", "a".repeat(64));
         let (_, _, t) = parse_docker_ref(&format!("docker://h/app@{d}")).unwrap();
         assert_eq!(t.to_string(), d);
-        assert!(parse_docker_ref("docker://app").is_err());
+        // Short names mean Docker Hub, as for docker, podman and skopeo.
+        let (h, r, _) = parse_docker_ref("docker://app").unwrap();
+        assert_eq!((h.as_str(), r.as_str()), ("docker.io", "library/app"));
+        assert!(parse_docker_ref("oci:/tmp/layout:v1").is_err());
         assert!(parse_docker_ref("docker://h/UP:v1").is_err());
         assert_eq!(human_bytes(1536), "1.5 KiB");
     }
