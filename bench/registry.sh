@@ -13,66 +13,25 @@
 # env:   BENCH_BLOB_MIB (default 1024), BENCH_WRK_SECONDS (default 10), TMPDIR
 # MB = 1,000,000 bytes; MiB = 1,048,576 bytes.
 set -euo pipefail
-
-# A wharf path given relative to the caller's directory still works after the cd below.
-if [ "$#" -gt 0 ]; then WHARF_ARG="$(readlink -m -- "$1")"; fi
-cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.."
+# shellcheck source=bench/lib.sh
+. "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib.sh"
+bench_init "$@"   # cd to the repository root; sets WHARF_BIN
 
 BLOB_MIB="${BENCH_BLOB_MIB:-1024}"
 WRK_SECONDS="${BENCH_WRK_SECONDS:-10}"
 BLOB_BYTES=$((BLOB_MIB * 1024 * 1024))
-WHARF_BIN="${WHARF_ARG:-target/release/wharf}"
 MANIFEST_TYPE="application/vnd.oci.image.manifest.v1+json"
 
-for c in docker-registry curl wrk openssl dd awk ss; do
-    command -v "$c" >/dev/null || { echo "bench needs $c (run .ci/run to install)" >&2; exit 1; }
-done
-
-TMP="$(mktemp -d "${TMPDIR:-/tmp}/wharf-bench.XXXXXX")"
-SERVER_PID=""
-stop_server() {
-    if [ -n "$SERVER_PID" ]; then
-        kill "$SERVER_PID" 2>/dev/null || true
-        wait "$SERVER_PID" 2>/dev/null || true
-        SERVER_PID=""
-    fi
-}
-cleanup() { stop_server; rm -rf "$TMP"; }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-log() { printf '%s\n' "$*" >&2; }
-now() { date +%s.%N; }
-mbps() { awk -v b="$1" -v t="$2" 'BEGIN { if (t > 0) printf "%.0f", b / t / 1e6; else print "n/a" }'; }
-
-free_port() {
-    local p
-    for _ in $(seq 1 100); do
-        p=$((20000 + RANDOM % 40000))
-        if [ -z "$(ss -Hltn "sport = :$p" 2>/dev/null)" ]; then echo "$p"; return; fi
-    done
-    log "no free port found"; exit 1
-}
+need_tools docker-registry curl wrk openssl dd awk ss
+make_tmp wharf-bench
 
 # Free space: two blobs, one stored copy at a time (plus its upload), the dd file.
-need_kib=$(( (BLOB_MIB * 5 + 256) * 1024 ))
-have_kib="$(df -Pk "$TMP" | awk 'NR == 2 { print $4 }')"
-if [ "$have_kib" -lt "$need_kib" ]; then
-    log "not enough space in $TMP: need $((need_kib / 1024)) MiB, have $((have_kib / 1024)) MiB"
-    exit 1
-fi
+check_space "$BLOB_MIB"
 
 # --- the wharf binary --------------------------------------------------------------------------
 RUN_WHARF=1
-if [ ! -x "$WHARF_BIN" ]; then
-    if [ "$#" -eq 0 ] && [ -f crates/wharf/Cargo.toml ]; then
-        log "building wharf (cargo build --release -p wharf)..."
-        cargo build --release -p wharf >&2 || RUN_WHARF=""
-    else
-        RUN_WHARF=""
-    fi
-    [ -x "$WHARF_BIN" ] || RUN_WHARF=""
-fi
+build_wharf_if_missing || RUN_WHARF=""
+[ -x "$WHARF_BIN" ] || RUN_WHARF=""
 [ -n "$RUN_WHARF" ] || log "wharf binary $WHARF_BIN not available: measuring distribution only"
 
 # --- test data and machine limits -------------------------------------------------------------
@@ -111,17 +70,6 @@ printf '{"schemaVersion":2,"mediaType":"%s","config":{"mediaType":"application/v
     "$layer_digest" "$(file_size "$TMP/img/layer.tar.gz")" > "$TMP/img/manifest.json"
 
 # --- registry helpers -------------------------------------------------------------------------
-wait_ready() { # addr
-    for _ in $(seq 1 300); do
-        if [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://$1/v2/" || true)" = 200 ]; then
-            return 0
-        fi
-        kill -0 "$SERVER_PID" 2>/dev/null || { log "server exited at start"; return 1; }
-        sleep 0.1
-    done
-    log "server did not answer GET /v2/ within 30 s"; return 1
-}
-
 # POST an upload, then PUT the whole file with ?digest=. Prints "HTTP_CODE SECONDS" of the PUT.
 push_blob() { # addr repo file digest
     local addr="$1" repo="$2" file="$3" digest="$4" loc sep
@@ -143,15 +91,15 @@ vm() { awk -v k="$2:" '$1 == k { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; 
 
 declare -A PUSH PULL RPS RSS BASE_RSS NON2XX
 
-measure() { # name addr
+measure() { # name addr  (the registry started under that name)
     local name="$1" addr="$2" out code secs
-    BASE_RSS[$name]="$(vm "$SERVER_PID" VmRSS)"
+    BASE_RSS[$name]="$(vm "${PIDS[$name]}" VmRSS)"
     log "[$name] pushing ${BLOB_MIB} MiB blob..."
     out="$(push_blob "$addr" bench "$TMP/blob-$name" "${DIGEST[$name]}")"
     read -r code secs <<<"$out"
     [ "$code" = 201 ] || { log "[$name] blob PUT answered $code"; return 1; }
     PUSH[$name]="$(mbps "$BLOB_BYTES" "$secs")"
-    RSS[$name]="$(vm "$SERVER_PID" VmHWM)"
+    RSS[$name]="$(vm "${PIDS[$name]}" VmHWM)"
 
     log "[$name] pulling it..."
     out="$(curl -sS -o /dev/null --max-time 900 -w '%{http_code} %{time_total} %{size_download}' \
@@ -176,51 +124,29 @@ measure() { # name addr
 }
 
 # --- distribution 2.8 -------------------------------------------------------------------------
-port="$(free_port)"
-DIST_ADDR="127.0.0.1:$port"
-mkdir -p "$TMP/distribution"
-cat > "$TMP/distribution/config.yml" <<EOF
-version: 0.1
-log:
-  level: error
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: $TMP/distribution/data
-  delete:
-    enabled: true
-  maintenance:
-    uploadpurging:
-      enabled: false
-http:
-  addr: $DIST_ADDR
-  secret: wharf-bench
-EOF
+# Each registry gets one attempt (start_registry's retries are left out here): a failed start
+# is reported as it is.
+launch_registry distribution distribution
+DIST_ADDR="$ADDR"
 log "starting docker-registry on $DIST_ADDR"
-env $(env | awk -F= '/^REGISTRY_/ { printf "-u %s ", $1 }') \
-    docker-registry serve "$TMP/distribution/config.yml" > "$TMP/distribution/log" 2>&1 &
-SERVER_PID=$!
-wait_ready "$DIST_ADDR" || { cat "$TMP/distribution/log" >&2; exit 1; }
+wait_ready distribution "$DIST_ADDR" \
+    || { [ "$?" != 2 ] || log "server exited at start"; cat "$TMP/distribution/log" >&2; exit 1; }
 measure distribution "$DIST_ADDR"
-stop_server
+stop_server distribution
 rm -rf "$TMP/distribution/data" "$TMP/blob-distribution"
 
 # --- wharf ------------------------------------------------------------------------------------
 names=(distribution)
 if [ -n "$RUN_WHARF" ]; then
-    port="$(free_port)"
-    WHARF_ADDR="127.0.0.1:$port"
-    mkdir -p "$TMP/wharf"
+    launch_registry wharf wharf
+    WHARF_ADDR="$ADDR"
     log "starting $WHARF_BIN serve on $WHARF_ADDR"
-    "$WHARF_BIN" serve --addr "$WHARF_ADDR" --data-dir "$TMP/wharf/data" > "$TMP/wharf/log" 2>&1 &
-    SERVER_PID=$!
-    if wait_ready "$WHARF_ADDR" && measure wharf "$WHARF_ADDR"; then
+    if wait_ready wharf "$WHARF_ADDR" && measure wharf "$WHARF_ADDR"; then
         names+=(wharf)
     else
         log "wharf run failed; its log:"; tail -n 50 "$TMP/wharf/log" >&2 || true
     fi
-    stop_server
+    stop_server wharf
 fi
 
 # --- report -----------------------------------------------------------------------------------
