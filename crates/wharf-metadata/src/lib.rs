@@ -15,6 +15,7 @@ mod migrate;
 mod store;
 
 pub use store::MetadataStore;
+pub use store::{BlobLink, GcTransaction, UnlinkedReference};
 
 use wharf_oci::{Digest, RepoName, Tag};
 

@@ -4,6 +4,8 @@
 
 mod cache;
 pub mod error;
+pub mod fsck;
+pub mod gc;
 pub mod policy;
 pub mod registry;
 pub mod report;
@@ -11,6 +13,10 @@ pub mod upstream;
 
 pub use cache::ServedManifest;
 pub use error::{MissingChild, RegistryError, Result};
+pub use fsck::{FsckProblem, FsckReport, ProblemKind, fsck, fsck_registry};
+pub use gc::{
+    BlobCandidate, BlobSweep, DEFAULT_GRACE, GarbageCollector, GcReport, LinkCandidate, RepoGcReport,
+};
 pub use policy::{IndexPolicy, IndexRule, RepoPattern};
 pub use registry::{MountOutcome, PushedManifest, Registry, RegistryConfig};
 pub use report::{ChildReport, IndexReport, ReferrerReport};

@@ -158,8 +158,9 @@ impl Registry {
             Some(from) => self.inner.meta.linked_blob_size(from, digest).await?,
             None => self.inner.meta.blob_size(digest).await?,
         };
+        // Touch, not just stat: garbage collection must see the blob as in use from now on.
         if let Some(size) = source_size
-            && self.inner.blobs.stat(digest).await?.is_some()
+            && self.inner.blobs.touch(digest).await?.is_some()
         {
             self.inner.meta.link_blob(repo, digest, size).await?;
             return Ok(MountOutcome::Mounted { size });

@@ -183,6 +183,18 @@ impl BlobStore {
         }
     }
 
+    /// Size of a stored blob, marking it as just used (its mtime, which garbage collection's
+    /// grace period counts from): for a mount, which links existing content. `Ok(None)` if absent.
+    pub async fn touch(&self, d: &Digest) -> Result<Option<u64>, StorageError> {
+        let path = self.inner.blob_path(d);
+        blocking(move || match touch_file(&path) {
+            Ok(size) => Ok(Some(size)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        })
+        .await
+    }
+
     /// Open a blob for reading. `range` is an inclusive `(first, last)` pair of byte offsets;
     /// `last` is clamped to the end of the blob. A range starting at or past the end yields
     /// `len == 0` with `start == first`; checking that (and answering 416) is the caller's job.
@@ -550,6 +562,8 @@ impl Inner {
     fn install(&self, src: &Path, file: &StdFile, d: &Digest) -> io::Result<()> {
         let dest = self.blob_path(d);
         if dest.is_file() {
+            // The content is pushed again: restart garbage collection's grace period for it.
+            touch_file(&dest)?;
             return match std::fs::remove_file(src) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
                 _ => Ok(()),
@@ -568,6 +582,13 @@ impl Inner {
         }
         Ok(())
     }
+}
+
+/// Set a file's mtime to now; returns its size.
+fn touch_file(path: &Path) -> io::Result<u64> {
+    let file = OpenOptions::new().append(true).open(path)?;
+    file.set_modified(SystemTime::now())?;
+    Ok(file.metadata()?.len())
 }
 
 fn validate_id(id: &str) -> Result<(), StorageError> {

@@ -20,6 +20,9 @@ pub struct ServerFile {
     pub foreign_layer_urls: Vec<String>,
     /// Abandoned uploads are removed after this many hours (default 24).
     pub upload_expiry_hours: Option<u64>,
+    /// Run garbage collection (grace period 1 h) every this many minutes inside `wharf serve`;
+    /// absent or 0: never (run `wharf gc` instead).
+    pub gc_interval_minutes: Option<u64>,
     /// Upstreams that fill absent manifests and blobs on demand.
     #[serde(default)]
     pub upstreams: Vec<crate::upstream::UpstreamFile>,

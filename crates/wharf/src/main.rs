@@ -2,6 +2,7 @@
 
 mod config;
 mod copy_cmd;
+mod gc_cmd;
 mod inspect;
 mod serve;
 mod sync_cmd;
@@ -30,6 +31,10 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Mirror many images from a config file, also through air-gapped bundles.
     Sync(sync_cmd::SyncArgs),
+    /// Remove unreferenced blob links and blobs, online (safe while `serve` runs).
+    Gc(gc_cmd::GcArgs),
+    /// Re-hash stored blobs and manifests and check the metadata against storage.
+    Fsck(gc_cmd::FsckArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -55,6 +60,8 @@ fn main() -> std::process::ExitCode {
             Command::Inspect(args) => inspect::run(args).await,
             Command::Copy(args) => copy_cmd::run(args).await,
             Command::Sync(args) => sync_cmd::run(args).await,
+            Command::Gc(args) => gc_cmd::run_gc(args).await,
+            Command::Fsck(args) => gc_cmd::run_fsck(args).await,
         }
     });
     match result {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use wharf_metadata::MetadataStore;
-use wharf_registry::Registry;
+use wharf_registry::{DEFAULT_GRACE, GarbageCollector, Registry};
 use wharf_storage::BlobStore;
 
 use crate::config::{ServerFile, auth_config, registry_config};
@@ -71,6 +71,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let expiry = Duration::from_secs(3600 * file.upload_expiry_hours.unwrap_or(24));
     tokio::spawn(expire_uploads(registry.clone(), expiry));
+    if let Some(minutes) = file.gc_interval_minutes.filter(|m| *m > 0) {
+        tracing::info!(
+            every_minutes = minutes,
+            grace_seconds = DEFAULT_GRACE.as_secs(),
+            "garbage collection enabled"
+        );
+        tokio::spawn(collect_garbage(registry.clone(), Duration::from_secs(minutes.saturating_mul(60))));
+    }
 
     let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
     tracing::info!(addr = %listener.local_addr()?, data_dir = %data_dir.display(), metadata = %redact(&database), "wharf registry listening");
@@ -106,7 +114,7 @@ fn log_auth(auth: Option<&wharf_server::wharf_auth::Authority>) {
 }
 
 /// Hide a password in a database URL before it reaches a log line.
-fn redact(url: &str) -> String {
+pub(crate) fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => {
             let userinfo = &url[s + 3..at];
@@ -125,6 +133,27 @@ async fn expire_uploads(registry: Registry, older_than: Duration) {
             Ok(0) => {}
             Ok(n) => tracing::info!(removed = n, "expired abandoned uploads"),
             Err(e) => tracing::warn!(error = %e, "expiring uploads failed"),
+        }
+    }
+}
+
+/// Online garbage collection (see `wharf gc`) every `every`, first after one interval; one
+/// summary line per run.
+async fn collect_garbage(registry: Registry, every: Duration) {
+    let gc = GarbageCollector::for_registry(&registry, DEFAULT_GRACE);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match gc.run(false).await {
+            Ok(r) => tracing::info!(
+                links_removed = r.links_removed,
+                blobs_deleted = r.blobs_deleted,
+                bytes_freed = r.bytes_freed,
+                "garbage collection: {}",
+                r.summary()
+            ),
+            Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
         }
     }
 }

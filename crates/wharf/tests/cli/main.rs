@@ -4,6 +4,7 @@
 mod auth;
 mod copy;
 mod fill;
+mod gc;
 mod interop;
 mod server;
 mod sparse;

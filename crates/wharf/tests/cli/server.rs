@@ -69,6 +69,11 @@ impl WharfServer {
         );
     }
 
+    /// The `--data-dir` the server runs with (blobs under `storage/`, SQLite `metadata.db`).
+    pub fn data_dir(&self) -> std::path::PathBuf {
+        self._dir.path().join("data")
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self._dir.path().join("server.log")).unwrap_or_default()
     }
