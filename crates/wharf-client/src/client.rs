@@ -21,7 +21,8 @@ pub const DEFAULT_CHUNK_SIZE: u64 = 64 * 1024 * 1024;
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
     /// Verify TLS certificates. When false, invalid certificates are accepted and plain HTTP is
-    /// used if an HTTPS probe of `/v2/` fails.
+    /// used if an HTTPS probe of `/v2/` fails. Loopback registries (`localhost`, `127.x.y.z`,
+    /// `[::1]`) are probed the same way whatever this says: HTTPS first, then plain HTTP.
     pub tls_verify: bool,
     /// Used for basic auth and for token requests; `None` is anonymous.
     pub credentials: Option<Credentials>,
@@ -176,37 +177,48 @@ impl RegistryClient {
         self.inner.base.get_or_try_init(|| self.choose_scheme()).await
     }
 
+    /// HTTPS, except: with TLS verification off, or for a loopback registry (where plain HTTP
+    /// is the norm), an HTTPS probe of `/v2/` that fails falls back to plain HTTP. A plain-HTTP
+    /// answer of 400 is an HTTPS-only server refusing plain HTTP: the HTTPS error is reported.
     async fn choose_scheme(&self) -> Result<Url, ClientError> {
         let host = &self.inner.host;
         let parse = |scheme: &str| {
             Url::parse(&format!("{scheme}://{host}/"))
                 .map_err(|e| ClientError::Invalid(format!("registry host {host:?}: {e}")))
         };
-        if is_loopback_host(host) {
-            return parse("http");
-        }
-        if self.inner.options.tls_verify {
+        let loopback = is_loopback_host(host);
+        if self.inner.options.tls_verify && !loopback {
             return parse("https");
         }
-        // TLS verification is off: try HTTPS (any answer will do), then plain HTTP.
+        // Try HTTPS (any answer will do), then plain HTTP.
         let https = parse("https")?;
         let probe = |url: Url| self.inner.http.get(url).send();
-        match probe(https.join("/v2/").expect("static path")).await {
-            Ok(_) => Ok(https),
-            Err(https_err) => {
-                let http = parse("http")?;
-                match probe(http.join("/v2/").expect("static path")).await {
-                    Ok(_) => {
-                        tracing::info!(%host, "HTTPS failed and TLS verification is off: using plain HTTP");
-                        Ok(http)
-                    }
-                    Err(http_err) => Err(ClientError::Http(format!(
-                        "cannot reach registry {host} over HTTPS ({}) or HTTP ({})",
-                        http_error("", &https_err).to_string().trim_start_matches(": "),
-                        http_error("", &http_err).to_string().trim_start_matches(": ")
-                    ))),
+        let https_err = match probe(https.join("/v2/").expect("static path")).await {
+            Ok(_) => return Ok(https),
+            Err(e) => http_error("", &e).to_string().trim_start_matches(": ").to_owned(),
+        };
+        let http = parse("http")?;
+        match probe(http.join("/v2/").expect("static path")).await {
+            Ok(resp) if resp.status() != StatusCode::BAD_REQUEST => {
+                if !loopback {
+                    tracing::info!(%host, "HTTPS failed and TLS verification is off: using plain HTTP");
                 }
+                Ok(http)
             }
+            Ok(_) => {
+                let hint = if self.inner.options.tls_verify {
+                    "; if its certificate is self-signed or from a private CA, turn TLS verification off"
+                } else {
+                    ""
+                };
+                Err(ClientError::Http(format!(
+                    "cannot reach registry {host} over HTTPS ({https_err}), and it refuses plain HTTP (HTTP 400){hint}"
+                )))
+            }
+            Err(http_err) => Err(ClientError::Http(format!(
+                "cannot reach registry {host} over HTTPS ({https_err}) or HTTP ({})",
+                http_error("", &http_err).to_string().trim_start_matches(": ")
+            ))),
         }
     }
 

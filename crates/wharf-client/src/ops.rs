@@ -23,6 +23,18 @@ pub struct RawManifest {
     pub bytes: Bytes,
 }
 
+/// The page a `Link: <…>; rel="next"` points at, resolved against the current one; `None` at
+/// the end, or when it points back at a page already read (a registry looping its `Link`).
+fn next_page(
+    current: &reqwest::Url,
+    next: Option<String>,
+    seen: &std::collections::HashSet<String>,
+) -> Result<Option<reqwest::Url>, ClientError> {
+    let Some(next) = next else { return Ok(None) };
+    let url = current.join(&next).map_err(|e| ClientError::Invalid(format!("bad Link {next:?}: {e}")))?;
+    Ok((!seen.contains(url.as_str())).then_some(url))
+}
+
 /// Most tag-list or referrers pages followed before giving up (a registry looping its `Link`).
 const MAX_PAGES: usize = 10_000;
 
@@ -293,14 +305,8 @@ impl RegistryClient {
                 ))
             })?;
             tags.extend(page.tags.unwrap_or_default());
-            match next {
-                Some(n) => {
-                    let n = url.join(&n).map_err(|e| ClientError::Invalid(format!("bad Link {n:?}: {e}")))?;
-                    if seen.contains(n.as_str()) {
-                        break;
-                    }
-                    url = n;
-                }
+            match next_page(&url, next, &seen)? {
+                Some(n) => url = n,
                 None => break,
             }
         }
@@ -376,14 +382,8 @@ impl RegistryClient {
                 )));
             };
             out.extend(index.manifests.unwrap_or_default());
-            match next {
-                Some(n) => {
-                    let n = url.join(&n).map_err(|e| ClientError::Invalid(format!("bad Link {n:?}: {e}")))?;
-                    if seen.contains(n.as_str()) {
-                        break;
-                    }
-                    url = n;
-                }
+            match next_page(&url, next, &seen)? {
+                Some(n) => url = n,
                 None => break,
             }
         }
