@@ -26,10 +26,10 @@ pub struct RawManifest {
 /// The page a `Link: <…>; rel="next"` points at, resolved against the current one; `None` at
 /// the end, or when it points back at a page already read (a registry looping its `Link`).
 fn next_page(
-    current: &reqwest::Url,
+    current: &Url,
     next: Option<String>,
     seen: &std::collections::HashSet<String>,
-) -> Result<Option<reqwest::Url>, ClientError> {
+) -> Result<Option<Url>, ClientError> {
     let Some(next) = next else { return Ok(None) };
     let url = current.join(&next).map_err(|e| ClientError::Invalid(format!("bad Link {next:?}: {e}")))?;
     Ok((!seen.contains(url.as_str())).then_some(url))
