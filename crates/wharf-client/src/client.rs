@@ -22,7 +22,7 @@ pub const DEFAULT_CHUNK_SIZE: u64 = 64 * 1024 * 1024;
 pub struct ClientOptions {
     /// Verify TLS certificates. When false, invalid certificates are accepted and plain HTTP is
     /// used if an HTTPS probe of `/v2/` fails. Loopback registries (`localhost`, `127.x.y.z`,
-    /// `[::1]`) are probed the same way whatever this says: HTTPS first, then plain HTTP.
+    /// `[::1]`) are probed whatever this says: plain HTTP first, then HTTPS.
     pub tls_verify: bool,
     /// Used for basic auth and for token requests; `None` is anonymous.
     pub credentials: Option<Credentials>,
@@ -177,9 +177,11 @@ impl RegistryClient {
         self.inner.base.get_or_try_init(|| self.choose_scheme()).await
     }
 
-    /// HTTPS, except: with TLS verification off, or for a loopback registry (where plain HTTP
-    /// is the norm), an HTTPS probe of `/v2/` that fails falls back to plain HTTP. A plain-HTTP
-    /// answer of 400 is an HTTPS-only server refusing plain HTTP: the HTTPS error is reported.
+    /// HTTPS, except for loopback registries and with TLS verification off, where `/v2/` is
+    /// probed over both. Loopback (where plain HTTP is the norm) tries plain HTTP first: one
+    /// `GET /v2/` without credentials, and no TLS handshake that a plain server might never
+    /// answer. A plain-HTTP answer of 400 is a TLS port refusing plain HTTP (Wharf, Go, nginx
+    /// answer so), not a registry.
     async fn choose_scheme(&self) -> Result<Url, ClientError> {
         let host = &self.inner.host;
         let parse = |scheme: &str| {
@@ -190,36 +192,52 @@ impl RegistryClient {
         if self.inner.options.tls_verify && !loopback {
             return parse("https");
         }
-        // Try HTTPS (any answer will do), then plain HTTP.
-        let https = parse("https")?;
-        let probe = |url: Url| self.inner.http.get(url).send();
-        let https_err = match probe(https.join("/v2/").expect("static path")).await {
-            Ok(_) => return Ok(https),
-            Err(e) => http_error("", &e).to_string().trim_start_matches(": ").to_owned(),
-        };
-        let http = parse("http")?;
-        match probe(http.join("/v2/").expect("static path")).await {
-            Ok(resp) if resp.status() != StatusCode::BAD_REQUEST => {
-                if !loopback {
-                    tracing::info!(%host, "HTTPS failed and TLS verification is off: using plain HTTP");
+        let (https, http) = (parse("https")?, parse("http")?);
+        let reason = |e: reqwest::Error| http_error("", &e).to_string().trim_start_matches(": ").to_owned();
+        let try_https =
+            async || match self.inner.http.get(https.join("/v2/").expect("static path")).send().await {
+                Ok(_) => Ok(()), // any answer will do
+                Err(e) => Err(reason(e)),
+            };
+        let try_http =
+            async || match self.inner.http.get(http.join("/v2/").expect("static path")).send().await {
+                Ok(resp) if resp.status() == StatusCode::BAD_REQUEST => {
+                    Err("it refuses plain HTTP: HTTP 400".to_owned())
                 }
-                Ok(http)
+                Ok(_) => Ok(()),
+                Err(e) => Err(reason(e)),
+            };
+        let (https_err, http_err) = if loopback {
+            let http_err = match try_http().await {
+                Ok(()) => return Ok(http),
+                Err(e) => e,
+            };
+            match try_https().await {
+                Ok(()) => return Ok(https),
+                Err(e) => (e, http_err),
             }
-            Ok(_) => {
-                let hint = if self.inner.options.tls_verify {
-                    "; if its certificate is self-signed or from a private CA, turn TLS verification off"
-                } else {
-                    ""
-                };
-                Err(ClientError::Http(format!(
-                    "cannot reach registry {host} over HTTPS ({https_err}), and it refuses plain HTTP (HTTP 400){hint}"
-                )))
+        } else {
+            // TLS verification is off: HTTPS first, then plain HTTP.
+            let https_err = match try_https().await {
+                Ok(()) => return Ok(https),
+                Err(e) => e,
+            };
+            match try_http().await {
+                Ok(()) => {
+                    tracing::info!(%host, "HTTPS failed and TLS verification is off: using plain HTTP");
+                    return Ok(http);
+                }
+                Err(e) => (https_err, e),
             }
-            Err(http_err) => Err(ClientError::Http(format!(
-                "cannot reach registry {host} over HTTPS ({https_err}) or HTTP ({})",
-                http_error("", &http_err).to_string().trim_start_matches(": ")
-            ))),
-        }
+        };
+        let hint = if self.inner.options.tls_verify && https_err.contains("certificate") {
+            "; if its certificate is self-signed or from a private CA, turn TLS verification off"
+        } else {
+            ""
+        };
+        Err(ClientError::Http(format!(
+            "cannot reach registry {host} over HTTPS ({https_err}) or HTTP ({http_err}){hint}"
+        )))
     }
 
     /// An absolute URL for a path such as `/v2/...` (or a `Location` header, relative or not).

@@ -9,6 +9,7 @@ mod discovery;
 pub mod error;
 mod manifests;
 mod metrics;
+pub mod tls;
 mod wharf_ext;
 
 use std::future::Future;
@@ -24,6 +25,7 @@ use wharf_registry::Registry;
 use wharf_storage::BodyStream;
 
 pub use error::ApiError;
+pub use tls::{TlsConfig, TlsError};
 /// Re-exported so that the binary configures authentication without another dependency.
 pub use wharf_auth;
 
@@ -77,7 +79,35 @@ pub async fn serve_with_auth(
     auth: Option<wharf_auth::Authority>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router_with_auth(registry, auth)).with_graceful_shutdown(shutdown).await
+    serve_with_tls(listener, registry, auth, None, shutdown).await
+}
+
+/// [`serve_with_auth`], over TLS when `tls` is given (see `tls.rs`). Graceful shutdown is the
+/// same either way: stop accepting, finish in-flight requests.
+pub async fn serve_with_tls(
+    listener: tokio::net::TcpListener,
+    registry: Registry,
+    auth: Option<wharf_auth::Authority>,
+    tls: Option<TlsConfig>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let router = router_with_auth(registry, auth);
+    match tls {
+        None => axum::serve(listener, router).with_graceful_shutdown(shutdown).await,
+        Some(tls) => {
+            // Requests came over https: say so where the scheme of this server is advertised
+            // (the default token realm), unless a proxy in front already did.
+            let router = router.layer(axum::middleware::map_request(|mut req: Request| async move {
+                let proto = HeaderName::from_static("x-forwarded-proto");
+                if !req.headers().contains_key(&proto) {
+                    req.headers_mut().insert(proto, HeaderValue::from_static("https"));
+                }
+                req
+            }));
+            let listener = tls::TlsListener::new(listener, &tls)?;
+            axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+        }
+    }
 }
 
 /// Routes are recognised by `wharf_oci::Route` (repository names contain slashes, which

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, anyhow, bail};
 use wharf_oci::Platform;
 use wharf_registry::{IndexPolicy, IndexRule, RegistryConfig, RepoPattern};
+use wharf_server::TlsConfig;
 use wharf_server::wharf_auth::{self, AuthConfig, Htpasswd, TokenKey, TokenSettings};
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -28,6 +29,18 @@ pub struct ServerFile {
     pub upstreams: Vec<crate::upstream::UpstreamFile>,
     /// Authentication and permissions; absent: everyone has full access, anonymously.
     pub auth: Option<AuthFile>,
+    /// Serve HTTPS; absent: plain HTTP.
+    pub tls: Option<TlsFile>,
+}
+
+/// `[tls]`: PEM files (`--tls-cert`, `--tls-key` override them).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    /// The server certificate, then any intermediates.
+    pub cert: Option<PathBuf>,
+    /// Its private key (PKCS#8, PKCS#1 RSA or SEC1 EC), unencrypted.
+    pub key: Option<PathBuf>,
 }
 
 /// `[auth]`.
@@ -138,6 +151,24 @@ pub fn registry_config(file: &ServerFile, default_policy: Option<&str>) -> anyho
         foreign_layer_urls: file.foreign_layer_urls.clone(),
         upstreams: crate::upstream::upstream_rules(&file.upstreams)?,
     })
+}
+
+/// The TLS certificate and key from `[tls]` and the flags (flags win), read and checked.
+/// `None`: plain HTTP.
+pub fn tls_config(
+    file: &ServerFile,
+    cert_flag: Option<&Path>,
+    key_flag: Option<&Path>,
+) -> anyhow::Result<Option<TlsConfig>> {
+    let from_file = file.tls.as_ref();
+    let cert = cert_flag.or(from_file.and_then(|t| t.cert.as_deref()));
+    let key = key_flag.or(from_file.and_then(|t| t.key.as_deref()));
+    match (cert, key) {
+        (None, None) if from_file.is_none() => Ok(None),
+        (Some(cert), Some(key)) => Ok(Some(TlsConfig::from_pem_files(cert, key)?)),
+        (None, _) => bail!("TLS needs a certificate: set [tls] cert or --tls-cert (PEM file)"),
+        (_, None) => bail!("TLS needs the certificate's private key: set [tls] key or --tls-key (PEM file)"),
+    }
 }
 
 /// A value that goes inside a quoted `WWW-Authenticate` parameter.
@@ -274,6 +305,29 @@ mod tests {
 
         // No [auth]: nothing to build.
         assert!(auth_config(&ServerFile::default()).unwrap().is_none());
+    }
+
+    #[test]
+    fn reads_the_tls_section_and_flags() {
+        let file: ServerFile =
+            toml::from_str("[tls]\ncert = \"/etc/wharf/cert.pem\"\nkey = \"/etc/wharf/key.pem\"").unwrap();
+        let tls = file.tls.as_ref().unwrap();
+        assert_eq!(tls.cert.as_deref(), Some(Path::new("/etc/wharf/cert.pem")));
+        assert_eq!(tls.key.as_deref(), Some(Path::new("/etc/wharf/key.pem")));
+        assert!(toml::from_str::<ServerFile>("[tls]\ncertificate = \"x\"").is_err());
+
+        let none = ServerFile::default();
+        assert!(tls_config(&none, None, None).unwrap().is_none());
+        let err = |file: &ServerFile, c: Option<&str>, k: Option<&str>| {
+            tls_config(file, c.map(Path::new), k.map(Path::new)).unwrap_err().to_string()
+        };
+        assert!(err(&none, Some("c.pem"), None).contains("--tls-key"));
+        assert!(err(&none, None, Some("k.pem")).contains("--tls-cert"));
+        let empty: ServerFile = toml::from_str("[tls]").unwrap();
+        assert!(err(&empty, None, None).contains("[tls] cert"));
+        // The flags win over the file: the flag's path is the one read.
+        let e = err(&file, Some("/nonexistent/flag-cert.pem"), None);
+        assert!(e.contains("/nonexistent/flag-cert.pem") && e.contains("cannot read"), "{e}");
     }
 
     #[test]

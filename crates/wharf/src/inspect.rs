@@ -16,7 +16,8 @@ pub struct InspectArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
-    /// Verify TLS certificates (plain HTTP is used for loopback registries either way).
+    /// Verify TLS certificates (=false accepts any certificate and allows plain HTTP; loopback
+    /// registries are tried over plain HTTP, then HTTPS, either way).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     tls_verify: bool,
     /// Credentials USER:PASSWORD (else the auth files docker and podman use).

@@ -8,7 +8,7 @@ use wharf_metadata::MetadataStore;
 use wharf_registry::{DEFAULT_GRACE, GarbageCollector, Registry};
 use wharf_storage::BlobStore;
 
-use crate::config::{ServerFile, auth_config, registry_config};
+use crate::config::{ServerFile, auth_config, registry_config, tls_config};
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -27,6 +27,12 @@ pub struct ServeArgs {
     /// Metadata database: sqlite://PATH or postgres://... [default: SQLite in the data dir].
     #[arg(long)]
     database: Option<String>,
+    /// Serve HTTPS with this certificate (PEM: the server's, then intermediates); needs --tls-key.
+    #[arg(long, value_name = "PEM")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM, unencrypted).
+    #[arg(long, value_name = "PEM")]
+    tls_key: Option<PathBuf>,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -38,6 +44,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let data_dir = args.data_dir.or(file.data_dir.clone()).unwrap_or_else(|| "./wharf-data".into());
     let config = registry_config(&file, args.index_policy.as_deref())?;
     let auth = auth_config(&file)?.map(wharf_server::wharf_auth::Authority::new);
+    let tls = tls_config(&file, args.tls_cert.as_deref(), args.tls_key.as_deref())?;
 
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating data dir {}", data_dir.display()))?;
@@ -67,7 +74,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     let registry = Registry::new(blobs, meta, config);
-    log_auth(auth.as_ref());
+    log_auth(auth.as_ref(), tls.is_some());
 
     let expiry = Duration::from_secs(3600 * file.upload_expiry_hours.unwrap_or(24));
     tokio::spawn(expire_uploads(registry.clone(), expiry));
@@ -81,14 +88,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
 
     let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
-    tracing::info!(addr = %listener.local_addr()?, data_dir = %data_dir.display(), metadata = %redact(&database), "wharf registry listening");
-    wharf_server::serve_with_auth(listener, registry, auth, shutdown_signal()).await?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(addr = %listener.local_addr()?, scheme, data_dir = %data_dir.display(), metadata = %redact(&database), "wharf registry listening");
+    wharf_server::serve_with_tls(listener, registry, auth, tls, shutdown_signal()).await?;
     tracing::info!("shut down cleanly");
     Ok(())
 }
 
 /// Say at start who may do what (never a secret).
-fn log_auth(auth: Option<&wharf_server::wharf_auth::Authority>) {
+fn log_auth(auth: Option<&wharf_server::wharf_auth::Authority>, tls: bool) {
     let Some(auth) = auth else {
         tracing::info!("no [auth] section: every client may pull, push and delete, anonymously");
         return;
@@ -101,8 +109,19 @@ fn log_auth(auth: Option<&wharf_server::wharf_auth::Authority>) {
     match auth.token_settings() {
         None => tracing::info!(users, rules, "authentication: basic auth (htpasswd)"),
         Some(t) => {
-            let realm = t.realm.as_deref().unwrap_or("http://<Host of each request>/token");
+            let default_realm = if tls {
+                "https://<Host of each request>/token"
+            } else {
+                "http://<Host of each request>/token"
+            };
+            let realm = t.realm.as_deref().unwrap_or(default_realm);
             tracing::info!(users, rules, realm, service = %t.service, "authentication: Docker token flow");
+            if tls && realm.starts_with("http://") {
+                tracing::warn!(
+                    realm,
+                    "auth.realm is plain HTTP while the registry serves HTTPS: passwords go to it unencrypted"
+                );
+            }
             if !t.key_configured {
                 tracing::info!(
                     "auth.token_key is not set: tokens are signed with a key made at start, so they do not \

@@ -9,3 +9,4 @@ mod interop;
 mod server;
 mod sparse;
 mod sync;
+mod tls;

@@ -32,6 +32,16 @@ impl WharfServer {
     /// Start `wharf serve` with `config` (TOML) on a fresh data dir; on PostgreSQL, in a
     /// database of its own that is dropped afterwards.
     pub fn start(backend: Backend, config: &str) -> WharfServer {
+        WharfServer::launch(backend, config, &[], false)
+    }
+
+    /// [`WharfServer::start`] for a server that serves HTTPS (`[tls]` in `config`, or the
+    /// `--tls-cert`/`--tls-key` flags in `args`): readiness is checked over TLS.
+    pub fn start_tls(backend: Backend, config: &str, args: &[&std::ffi::OsStr]) -> WharfServer {
+        WharfServer::launch(backend, config, args, true)
+    }
+
+    fn launch(backend: Backend, config: &str, args: &[&std::ffi::OsStr], tls: bool) -> WharfServer {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("wharf.toml");
         std::fs::write(&config_path, config).unwrap();
@@ -57,8 +67,10 @@ impl WharfServer {
             if let Some(db) = &database {
                 cmd.args(["--database", db]);
             }
+            cmd.args(args);
             let mut child = cmd.spawn().expect("spawn wharf");
-            if wait_ready(&addr, &mut child) {
+            let ready = if tls { wait_ready_tls(&addr, &mut child) } else { wait_ready(&addr, &mut child) };
+            if ready {
                 return WharfServer { addr, child, _dir: dir, database: db_name };
             }
             let _ = child.kill();
@@ -80,6 +92,19 @@ impl WharfServer {
 
     pub fn docker_ref(&self, rest: &str) -> String {
         format!("docker://{}/{rest}", self.addr)
+    }
+
+    /// SIGTERM, then wait (at most 5 s) for the exit: `None` if it did not exit in time.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 }
 
@@ -105,18 +130,32 @@ fn wait_ready(addr: &str, child: &mut Child) -> bool {
     false
 }
 
+/// [`wait_ready`] over HTTPS (curl, certificate not verified).
+fn wait_ready_tls(addr: &str, child: &mut Child) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        let out = Command::new("curl")
+            .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2"])
+            .arg(format!("https://{addr}/v2/"))
+            .output()
+            .expect("curl must be installed");
+        if matches!(String::from_utf8_lossy(&out.stdout).trim(), "200" | "401") {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
 impl Drop for WharfServer {
     fn drop(&mut self) {
         // SIGTERM first: the server must shut down gracefully.
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if !matches!(self.child.try_wait(), Ok(Some(_))) && self.terminate().is_none() {
+            let _ = self.child.kill();
         }
-        let _ = self.child.kill();
         let _ = self.child.wait();
         if let Some(db) = &self.database {
             psql(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
