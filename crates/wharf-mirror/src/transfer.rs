@@ -112,18 +112,27 @@ impl Job<'_> {
             progress.blob_done(digest, BlobOutcome::Existing);
             return Ok(());
         }
+        // Repositories of the destination registry to mount from: the source repository when
+        // source and destination are the same registry (a promotion), then those that got
+        // the blob earlier in this run.
+        let same_registry = (self.src.store_key() == store).then(|| self.src.repo().cloned()).flatten();
+        let mount_from: Vec<&wharf_oci::RepoName> = same_registry
+            .iter()
+            .chain(holders.iter().flatten())
+            .filter(|r| Some(*r) != repo.as_ref())
+            .collect();
         if self.dry_run() {
-            // Planned as a copy would go: mounted where another repository of this run holds
-            // it, else sent; recorded so that later plans of the run find it.
+            // Planned as a copy would go: mounted where it can be, else sent; recorded so that
+            // later plans of the run find it.
             self.ledger().record(&store, digest, repo.as_ref());
-            if holders.iter().any(Option::is_some) {
-                self.add_existing(blob.size)
-            } else {
+            if mount_from.is_empty() {
                 self.add_copied(blob.size)
+            } else {
+                self.add_existing(blob.size)
             }
             return Ok(());
         }
-        for from in holders.iter().flatten() {
+        for from in mount_from {
             match self.dst.mount(digest, from).await {
                 Ok(true) => {
                     self.ledger().record(&store, digest, repo.as_ref());

@@ -105,3 +105,22 @@ async fn named_platform_absent_from_a_sparse_source_fails() {
     assert_eq!(entry.platforms_absent_at_source, ["linux/arm/v7", "linux/s390x"]);
     assert_eq!(other.present_platforms("copy/app", "v1").await, ["linux/amd64", "linux/arm64"]);
 }
+
+/// Within one registry (a promotion from one repository to another) blobs are mounted from
+/// the source repository, never sent again.
+#[tokio::test]
+async fn promotion_within_one_registry_mounts_every_blob() {
+    let dist = Distribution::start();
+    let src = signed_source(&dist, "team/app", 5, 64 * 1024).await;
+    let wharf = Wharf::sparse().await;
+    let staging = wharf.image("staging/app:v1");
+    copy(&dist_image(&dist, "team/app:v1"), &staging, &options(&["linux/amd64"])).await.unwrap();
+
+    let report = copy(&staging, &wharf.image("prod/app:v1"), &options(&["linux/amd64"])).await.unwrap();
+    let amd = src.img.platform("linux/amd64");
+    let blobs = amd.total_size() - amd.manifest.size();
+    assert!(report.bytes_existing >= blobs, "config and layers are mounted: {report:#?}");
+    assert!(report.bytes_copied < blobs, "only manifests travel: {report:#?}");
+    assert_eq!(report.images[0].destination_digest.to_string(), src.img.index.digest);
+    assert_eq!(wharf.present_platforms("prod/app", "v1").await, ["linux/amd64"]);
+}
