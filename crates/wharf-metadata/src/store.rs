@@ -15,6 +15,8 @@ use crate::{ChildPresence, MetadataError, NewManifest, Referrer, Result, StoredM
 /// thread, so more connections than that only add context switches.
 const SQLITE_READERS_MIN: u32 = 4;
 const SQLITE_READERS_MAX: u32 = 16;
+/// Test schemas older than this are dropped by the next isolated connect.
+const STALE_TEST_SCHEMA_SECS: i64 = 6 * 3600;
 /// Connections of the PostgreSQL pool (reads and writes).
 const POSTGRES_CONNECTIONS: u32 = 16;
 
@@ -206,9 +208,24 @@ impl MetadataStore {
         if !(base_url.starts_with("postgres://") || base_url.starts_with("postgresql://")) {
             return Err(MetadataError::BadUrl(base_url.to_owned()));
         }
-        let schema = format!("wharf_test_{}", uuid::Uuid::new_v4().simple());
+        // The creation time in the name lets later runs drop schemas that a test which panicked
+        // (and so never called `drop_isolated_schema`) left behind.
+        let schema = format!("wharf_test_{}_{}", now(), uuid::Uuid::new_v4().simple());
         let options = AnyConnectOptions::from_str(base_url)?;
         let mut conn = options.connect().await?;
+        let stale = sqlx::query(
+            "SELECT CAST(nspname AS TEXT) AS nspname FROM pg_namespace WHERE nspname LIKE 'wharf\\_test\\_%'",
+        )
+        .fetch_all(&mut conn)
+        .await?;
+        for row in stale {
+            let name: String = row.try_get("nspname")?;
+            let created = name.split('_').nth(2).and_then(|t| t.parse::<i64>().ok());
+            if created.is_some_and(|t| now() - t > STALE_TEST_SCHEMA_SECS) {
+                // Another run may be dropping it too: failing here is not this test's business.
+                let _ = conn.execute(format!("DROP SCHEMA IF EXISTS {name} CASCADE").as_str()).await;
+            }
+        }
         conn.execute(format!("CREATE SCHEMA {schema}").as_str()).await?;
         conn.close().await?;
         let set_path = format!("SET search_path TO {schema}");
