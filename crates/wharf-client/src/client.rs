@@ -33,6 +33,9 @@ pub struct ClientOptions {
     /// Blobs larger than this are uploaded with chunked `PATCH`es of this size (raised to the
     /// registry's `OCI-Chunk-Min-Length` if it asks for more).
     pub chunk_size: u64,
+    /// A directory of extra CA certificates (`*.crt`, PEM) to trust, as skopeo's and podman's
+    /// `--cert-dir`: for registries behind a private CA.
+    pub cert_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for ClientOptions {
@@ -43,6 +46,7 @@ impl Default for ClientOptions {
             user_agent: concat!("wharf/", env!("CARGO_PKG_VERSION")).to_owned(),
             max_retries: 5,
             chunk_size: DEFAULT_CHUNK_SIZE,
+            cert_dir: None,
         }
     }
 }
@@ -142,6 +146,11 @@ impl RegistryClient {
         if is_loopback_host(host) {
             // A proxy from the environment must not capture a registry on this machine.
             builder = builder.no_proxy();
+        }
+        if let Some(dir) = &options.cert_dir {
+            for cert in ca_certificates(dir)? {
+                builder = builder.add_root_certificate(cert);
+            }
         }
         let http = builder
             .use_rustls_tls()
@@ -443,9 +452,49 @@ pub(crate) fn retry_after(h: &HeaderMap) -> Option<Duration> {
     Some(Duration::from_secs(secs.min(30)))
 }
 
+/// The CA certificates of a `--cert-dir`: every `*.crt` file, each a PEM bundle. Client
+/// certificates (`*.cert`/`*.key` in skopeo's layout) are not supported and are ignored.
+fn ca_certificates(dir: &std::path::Path) -> Result<Vec<reqwest::Certificate>, ClientError> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| ClientError::Invalid(format!("certificate directory {}: {e}", dir.display())))?;
+    let mut paths: Vec<std::path::PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "crt"))
+        .collect();
+    paths.sort();
+    let mut certs = Vec::new();
+    for path in paths {
+        let pem = std::fs::read(&path)
+            .map_err(|e| ClientError::Invalid(format!("certificate file {}: {e}", path.display())))?;
+        let bundle = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            ClientError::Invalid(format!("certificate file {} is not PEM: {e}", path.display()))
+        })?;
+        if bundle.is_empty() {
+            return Err(ClientError::Invalid(format!(
+                "certificate file {} holds no certificate",
+                path.display()
+            )));
+        }
+        certs.extend(bundle);
+    }
+    Ok(certs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cert_dir_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(ca_certificates(&dir.path().join("missing")).is_err());
+        assert!(ca_certificates(dir.path()).unwrap().is_empty(), "an empty directory adds nothing");
+        std::fs::write(dir.path().join("ignored.key"), b"not a certificate").unwrap();
+        assert!(ca_certificates(dir.path()).unwrap().is_empty(), "only *.crt files are read");
+        std::fs::write(dir.path().join("ca.crt"), b"not a certificate").unwrap();
+        let err = ca_certificates(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("ca.crt"), "{err}");
+    }
 
     #[test]
     fn loopback_hosts() {

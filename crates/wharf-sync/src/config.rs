@@ -28,6 +28,9 @@ pub struct Defaults {
     pub dest: Option<String>,
     pub src_tls_verify: Option<bool>,
     pub dest_tls_verify: Option<bool>,
+    /// Directories of extra CA certificates (`*.crt`), like skopeo's `--src-cert-dir`.
+    pub src_cert_dir: Option<std::path::PathBuf>,
+    pub dest_cert_dir: Option<std::path::PathBuf>,
     /// `USER:PASSWORD`; else the auth files docker and podman use.
     pub src_creds: Option<String>,
     pub dest_creds: Option<String>,

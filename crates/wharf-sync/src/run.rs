@@ -63,11 +63,13 @@ pub(crate) fn copy_options(d: &Defaults, opts: &SyncOptions) -> Result<CopyOptio
         src_client: ClientOptions {
             tls_verify: d.src_tls_verify.unwrap_or(true),
             credentials: creds("src_creds", &d.src_creds)?,
+            cert_dir: d.src_cert_dir.clone(),
             ..Default::default()
         },
         dest_client: ClientOptions {
             tls_verify: d.dest_tls_verify.unwrap_or(true),
             credentials: creds("dest_creds", &d.dest_creds)?,
+            cert_dir: d.dest_cert_dir.clone(),
             ..Default::default()
         },
         lookup_credentials: opts.lookup_credentials,

@@ -47,6 +47,12 @@ pub struct CopyArgs {
     #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set, num_args = 0..=1,
           require_equals = true, default_value_t = true, default_missing_value = "true")]
     pub dest_tls_verify: bool,
+    /// Extra CA certificates (`*.crt`) for the source registry, like skopeo's --src-cert-dir.
+    #[arg(long, value_name = "DIR")]
+    pub src_cert_dir: Option<std::path::PathBuf>,
+    /// Extra CA certificates (`*.crt`) for the destination registry.
+    #[arg(long, value_name = "DIR")]
+    pub dest_cert_dir: Option<std::path::PathBuf>,
     /// Blobs copied in parallel.
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub jobs: u16,
@@ -70,11 +76,13 @@ pub async fn run(args: CopyArgs) -> anyhow::Result<()> {
         src_client: ClientOptions {
             tls_verify: args.src_tls_verify,
             credentials: creds("src-creds", &args.src_creds)?,
+            cert_dir: args.src_cert_dir.clone(),
             ..Default::default()
         },
         dest_client: ClientOptions {
             tls_verify: args.dest_tls_verify,
             credentials: creds("dest-creds", &args.dest_creds)?,
+            cert_dir: args.dest_cert_dir.clone(),
             ..Default::default()
         },
         lookup_credentials: true,

@@ -20,6 +20,9 @@ pub struct InspectArgs {
     /// registries are tried over plain HTTP, then HTTPS, either way).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     tls_verify: bool,
+    /// Extra CA certificates (`*.crt`) to trust, like skopeo's --cert-dir.
+    #[arg(long, value_name = "DIR")]
+    cert_dir: Option<std::path::PathBuf>,
     /// Credentials USER:PASSWORD (else the auth files docker and podman use).
     #[arg(long)]
     creds: Option<String>,
@@ -47,7 +50,12 @@ pub async fn run(args: InspectArgs) -> anyhow::Result<()> {
         Some(c) => Some(wharf_client::Credentials::parse_user_pass(c)?),
         None => wharf_client::credentials_for(&host)?,
     };
-    let options = ClientOptions { tls_verify: args.tls_verify, credentials, ..ClientOptions::default() };
+    let options = ClientOptions {
+        tls_verify: args.tls_verify,
+        credentials,
+        cert_dir: args.cert_dir.clone(),
+        ..ClientOptions::default()
+    };
     let client = RegistryClient::new(&host, options)?;
     let report = match from_extension(&client, &repo, &reference).await? {
         Some(r) => r,

@@ -56,6 +56,12 @@ pub struct SyncArgs {
     #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set, num_args = 0..=1,
           require_equals = true, default_missing_value = "true")]
     pub dest_tls_verify: Option<bool>,
+    /// Extra CA certificates (`*.crt`) for the source registries (overrides src_cert_dir).
+    #[arg(long, value_name = "DIR")]
+    pub src_cert_dir: Option<std::path::PathBuf>,
+    /// Extra CA certificates (`*.crt`) for the destination registry (overrides dest_cert_dir).
+    #[arg(long, value_name = "DIR")]
+    pub dest_cert_dir: Option<std::path::PathBuf>,
 }
 
 impl SyncArgs {
@@ -75,6 +81,12 @@ impl SyncArgs {
         }
         if self.dest_tls_verify.is_some() {
             d.dest_tls_verify = self.dest_tls_verify;
+        }
+        if self.src_cert_dir.is_some() {
+            d.src_cert_dir = self.src_cert_dir.clone();
+        }
+        if self.dest_cert_dir.is_some() {
+            d.dest_cert_dir = self.dest_cert_dir.clone();
         }
     }
 }

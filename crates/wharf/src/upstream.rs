@@ -21,6 +21,8 @@ pub struct UpstreamFile {
     pub tls_verify: bool,
     /// `USER:PASSWORD`; else the auth files docker and podman use.
     pub credentials: Option<String>,
+    /// Extra CA certificates (`*.crt`) to trust for this upstream.
+    pub cert_dir: Option<std::path::PathBuf>,
 }
 
 fn default_true() -> bool {
@@ -112,7 +114,12 @@ pub fn upstream_rules(files: &[UpstreamFile]) -> anyhow::Result<Vec<UpstreamRule
             Some(c) => Some(Credentials::parse_user_pass(c).with_context(at)?),
             None => wharf_client::credentials_for(host).with_context(at)?,
         };
-        let options = ClientOptions { tls_verify: u.tls_verify, credentials, ..ClientOptions::default() };
+        let options = ClientOptions {
+            tls_verify: u.tls_verify,
+            credentials,
+            cert_dir: u.cert_dir.clone(),
+            ..ClientOptions::default()
+        };
         let client = RegistryClient::new(host, options).with_context(at)?;
         let strip = u.pattern.split('/').take_while(|s| !s.contains('*')).map(str::to_owned).collect();
         rules.push(UpstreamRule {
@@ -134,6 +141,7 @@ mod tests {
             url: "docker://127.0.0.1:1/vendor".into(),
             tls_verify: true,
             credentials: Some("u:p".into()),
+            cert_dir: None,
         };
         let rules = upstream_rules(&[file]).unwrap();
         assert_eq!(rules[0].upstream.describe(), "127.0.0.1:1/vendor");
@@ -148,7 +156,8 @@ mod tests {
                 pattern: "x/**".into(),
                 url: "https://nope".into(),
                 tls_verify: true,
-                credentials: None
+                credentials: None,
+                cert_dir: None,
             }])
             .is_err()
         );

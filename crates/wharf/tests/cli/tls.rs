@@ -98,14 +98,19 @@ fn skopeo_and_wharf_over_tls() {
     // (no silent fall back to plain HTTP, which the TLS port refuses).
     let err = run_fails(wharf().args(["inspect", &server.docker_ref("team/app:v1")]));
     assert!(err.contains("certificate") && err.contains("refuses plain HTTP"), "{err}");
+    // With the CA in a --cert-dir (skopeo's layout), verification on succeeds.
+    let out =
+        run_ok(wharf().args(["inspect", "--json", &cert_dir("cert-dir"), &server.docker_ref("team/app:v1")]));
+    let report: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(report["digest"], image.index.digest.as_str(), "{report}");
 
     // wharf copy, TLS registry to TLS registry (here: the same one).
     let out = run_ok(wharf().args([
         "copy",
         &server.docker_ref("team/app:v1"),
         &server.docker_ref("copied/app:v1"),
-        "--src-tls-verify=false",
-        "--dest-tls-verify=false",
+        &cert_dir("src-cert-dir"),
+        &cert_dir("dest-cert-dir"),
         "--json",
     ]));
     let copied: serde_json::Value = serde_json::from_slice(&out).unwrap();
