@@ -19,6 +19,8 @@ mod push;
 pub mod sign;
 mod token;
 mod tools;
+#[cfg(feature = "wharf")]
+pub mod wharf;
 
 use std::net::TcpListener;
 use std::path::PathBuf;

@@ -2,98 +2,21 @@
 
 use std::sync::Arc;
 
-use reqwest::StatusCode;
-use serde_json::Value;
-use wharf_metadata::MetadataStore;
 use wharf_mirror::{CopyOptions, CopyReport, ImageRef, MirrorError, NoProgress};
 use wharf_oci::Platform;
-use wharf_registry::{IndexPolicy, IndexRule, Registry, RegistryConfig};
-use wharf_storage::BlobStore;
 use wharf_testkit::sign::{Artifact, CosignKey, cosign_style_signature, referrers_tag_index, sbom_artifact};
 use wharf_testkit::{Distribution, TestImage};
 
-/// A Wharf registry served in-process on 127.0.0.1:0.
-pub struct Wharf {
-    pub addr: String,
-    http: reqwest::Client,
-    _dir: tempfile::TempDir,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+pub use wharf_testkit::wharf::InProcessWharf as Wharf;
+
+/// `docker://` references into the in-process Wharf.
+pub trait WharfImage {
+    fn image(&self, repo_and_ref: &str) -> ImageRef;
 }
 
-impl Drop for Wharf {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-    }
-}
-
-impl Wharf {
-    pub async fn sparse() -> Wharf {
-        Wharf::start(IndexRule::Sparse).await
-    }
-
-    pub async fn start(default: IndexRule) -> Wharf {
-        let dir = tempfile::tempdir().unwrap();
-        let blobs = BlobStore::open(dir.path().join("storage")).await.unwrap();
-        let db = format!("sqlite://{}?mode=rwc", dir.path().join("meta.db").display());
-        let meta = MetadataStore::connect(&db).await.unwrap();
-        let config = RegistryConfig {
-            index_policy: IndexPolicy { default, repositories: Vec::new() },
-            ..Default::default()
-        };
-        let registry = Registry::new(blobs, meta, config);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
-            wharf_server::serve(listener, registry, async {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
-        });
-        Wharf { addr, http: reqwest::Client::new(), _dir: dir, shutdown: Some(tx) }
-    }
-
-    pub fn image(&self, repo_and_ref: &str) -> ImageRef {
+impl WharfImage for Wharf {
+    fn image(&self, repo_and_ref: &str) -> ImageRef {
         format!("docker://{}/{repo_and_ref}", self.addr).parse().unwrap()
-    }
-
-    pub async fn get(&self, path: &str) -> (StatusCode, Vec<u8>) {
-        let resp = self
-            .http
-            .get(format!("http://{}{path}", self.addr))
-            .header("accept", wharf_testkit::ACCEPT_ALL_MANIFESTS.join(", "))
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status();
-        (status, resp.bytes().await.unwrap().to_vec())
-    }
-
-    pub async fn json(&self, path: &str) -> Value {
-        let (status, body) = self.get(path).await;
-        assert_eq!(status, StatusCode::OK, "{path}: {}", String::from_utf8_lossy(&body));
-        serde_json::from_slice(&body).unwrap()
-    }
-
-    /// `os/arch[/variant]` of the present children of an index, from `_wharf/index/<ref>`.
-    pub async fn present_platforms(&self, repo: &str, reference: &str) -> Vec<String> {
-        let report = self.json(&format!("/v2/{repo}/_wharf/index/{reference}")).await;
-        let mut present: Vec<String> = report["children"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|c| c["present"] == true)
-            .map(|c| c["platform"].as_str().unwrap_or("?").to_owned())
-            .collect();
-        present.sort();
-        present
-    }
-
-    pub async fn has_manifest(&self, repo: &str, reference: &str) -> bool {
-        self.get(&format!("/v2/{repo}/manifests/{reference}")).await.0 == StatusCode::OK
     }
 }
 

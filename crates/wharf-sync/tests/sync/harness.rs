@@ -5,13 +5,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use reqwest::StatusCode;
-use serde_json::Value;
-use wharf_metadata::MetadataStore;
 use wharf_mirror::{BlobOutcome, Progress};
 use wharf_oci::Digest;
-use wharf_registry::{IndexPolicy, IndexRule, Registry, RegistryConfig};
-use wharf_storage::BlobStore;
 use wharf_sync::{SyncConfig, SyncOptions, SyncReport};
 use wharf_testkit::{Distribution, TestImage};
 
@@ -19,89 +14,7 @@ pub const REPOS: [&str; 3] = ["team/app", "team/db", "infra/proxy"];
 pub const TAGS: [&str; 5] = ["v1.0.0", "v1.1.0", "v1.2.0", "v2.0.0", "latest"];
 pub const BASE_SIZE: usize = 4096;
 
-/// A Wharf registry served in-process on 127.0.0.1:0.
-pub struct Wharf {
-    pub addr: String,
-    http: reqwest::Client,
-    _dir: tempfile::TempDir,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl Drop for Wharf {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-    }
-}
-
-impl Wharf {
-    pub async fn sparse() -> Wharf {
-        let dir = tempfile::tempdir().unwrap();
-        let blobs = BlobStore::open(dir.path().join("storage")).await.unwrap();
-        let db = format!("sqlite://{}?mode=rwc", dir.path().join("meta.db").display());
-        let meta = MetadataStore::connect(&db).await.unwrap();
-        let config = RegistryConfig {
-            index_policy: IndexPolicy { default: IndexRule::Sparse, repositories: Vec::new() },
-            ..Default::default()
-        };
-        let registry = Registry::new(blobs, meta, config);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
-            wharf_server::serve(listener, registry, async {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
-        });
-        Wharf { addr, http: reqwest::Client::new(), _dir: dir, shutdown: Some(tx) }
-    }
-
-    pub async fn get(&self, path: &str) -> (StatusCode, Vec<u8>) {
-        let resp = self
-            .http
-            .get(format!("http://{}{path}", self.addr))
-            .header("accept", wharf_testkit::ACCEPT_ALL_MANIFESTS.join(", "))
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status();
-        (status, resp.bytes().await.unwrap().to_vec())
-    }
-
-    pub async fn json(&self, path: &str) -> Value {
-        let (status, body) = self.get(path).await;
-        assert_eq!(status, StatusCode::OK, "{path}: {}", String::from_utf8_lossy(&body));
-        serde_json::from_slice(&body).unwrap()
-    }
-
-    /// The digest of the manifest a tag points at, if it exists.
-    pub async fn tag_digest(&self, repo: &str, tag: &str) -> Option<String> {
-        let (status, body) = self.get(&format!("/v2/{repo}/manifests/{tag}")).await;
-        (status == StatusCode::OK).then(|| wharf_testkit::sha256_digest(&body))
-    }
-
-    /// `os/arch[/variant]` of the present children of an index, from `_wharf/index/<ref>`.
-    pub async fn present_platforms(&self, repo: &str, reference: &str) -> Vec<String> {
-        let report = self.json(&format!("/v2/{repo}/_wharf/index/{reference}")).await;
-        let mut present: Vec<String> = report["children"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|c| c["present"] == true)
-            .map(|c| c["platform"].as_str().unwrap_or("?").to_owned())
-            .collect();
-        present.sort();
-        present
-    }
-
-    pub async fn catalog(&self) -> Vec<String> {
-        let v = self.json("/v2/_catalog").await;
-        v["repositories"].as_array().unwrap().iter().map(|r| r.as_str().unwrap().to_owned()).collect()
-    }
-}
+pub use wharf_testkit::wharf::InProcessWharf as Wharf;
 
 /// The fleet in distribution: `images[(repo, tag)]`.
 pub struct Fleet {
