@@ -15,7 +15,9 @@ mod migrate;
 mod store;
 
 pub use store::MetadataStore;
-pub use store::{BlobLink, GcTransaction, UnlinkedReference};
+pub use store::{
+    BlobLink, BlobTotals, GcTransaction, IndexChildrenBytes, RepoStorage, StorageFigures, UnlinkedReference,
+};
 
 use wharf_oci::{Digest, RepoName, Tag};
 

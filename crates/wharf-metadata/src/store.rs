@@ -6,6 +6,7 @@ mod blobs;
 mod catalog;
 mod gc;
 mod manifests;
+mod storage;
 mod uploads;
 
 use std::path::Path;
@@ -19,6 +20,7 @@ use wharf_oci::{Digest, RepoName};
 use crate::{MetadataError, Result, migrate};
 
 pub use gc::{BlobLink, GcTransaction, UnlinkedReference};
+pub use storage::{BlobTotals, IndexChildrenBytes, RepoStorage, StorageFigures};
 
 /// Connections of the SQLite read pool: twice the cores, within these bounds. Readers never
 /// block each other or the writer in WAL mode; each sqlx SQLite connection has its own worker
@@ -100,6 +102,11 @@ fn row_digest(row: &AnyRow, col: &str) -> Result<Digest> {
 
 fn limit(n: Option<u32>) -> i64 {
     n.map_or(i64::MAX, i64::from)
+}
+
+/// `$first, $first+1, ...`: `n` placeholders.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
 }
 
 // ---------------------------------------------------------------------------------------------

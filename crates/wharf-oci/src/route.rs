@@ -45,8 +45,12 @@ pub enum Route {
     Upload(RepoName, String),
     /// `/v2/<name>/referrers/<digest>`
     Referrers(RepoName, Digest),
-    /// `/v2/<name>/_wharf/<rest>`: Wharf's extension endpoints.
+    /// `/v2/<name>/_wharf/<rest>`: Wharf's extension endpoints of one repository.
     Extension(RepoName, String),
+    /// `/v2/_wharf/<rest>`: Wharf's registry-wide extension endpoints (the storage report).
+    /// No repository name can collide: a name component starts with a lowercase letter or
+    /// a digit, never with `_`.
+    RegistryExtension(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -69,6 +73,14 @@ impl Route {
         let rest = rest.strip_prefix('/').ok_or(RouteError::NotFound)?;
         if rest == "_catalog" {
             return Ok(Route::Catalog);
+        }
+        // Before the suffixes: `/v2/_wharf/x/manifests/y` is an extension path, not a
+        // manifest of a repository named `_wharf/x` (which could not exist anyway).
+        if rest == "_wharf" {
+            return Ok(Route::RegistryExtension(String::new()));
+        }
+        if let Some(ext) = rest.strip_prefix("_wharf/") {
+            return Ok(Route::RegistryExtension(ext.to_owned()));
         }
         let segs: Vec<&str> = rest.split('/').collect();
         let n = segs.len();
@@ -112,7 +124,7 @@ impl Route {
     /// The repository a route addresses, if any.
     pub fn repo(&self) -> Option<&RepoName> {
         match self {
-            Route::Base | Route::Catalog => None,
+            Route::Base | Route::Catalog | Route::RegistryExtension(_) => None,
             Route::Tags(r)
             | Route::Manifest(r, _)
             | Route::Blob(r, _)
@@ -163,6 +175,32 @@ mod tests {
             Route::parse("/v2/blobs/manifests/manifests/latest").unwrap(),
             Route::Manifest(name("blobs/manifests"), Reference::Tag("latest".parse().unwrap()))
         );
+    }
+
+    #[test]
+    fn registry_extensions_never_collide_with_repositories() {
+        assert_eq!(Route::parse("/v2/_wharf/storage").unwrap(), Route::RegistryExtension("storage".into()));
+        assert_eq!(Route::parse("/v2/_wharf/").unwrap(), Route::RegistryExtension(String::new()));
+        assert_eq!(Route::parse("/v2/_wharf").unwrap(), Route::RegistryExtension(String::new()));
+        assert_eq!(
+            Route::parse("/v2/_wharf/x/manifests/v1").unwrap(),
+            Route::RegistryExtension("x/manifests/v1".into())
+        );
+        assert_eq!(Route::parse("/v2/_wharf/storage").unwrap().repo(), None);
+        // `_wharf` cannot start a repository name, nor be a component of one.
+        for bad in ["_wharf", "_wharf/storage", "a/_wharf", "_wharf-x"] {
+            assert!(bad.parse::<RepoName>().is_err(), "{bad}");
+        }
+        // A repository may be named `wharf`, or `storage`, or end with `storage`: those
+        // stay repository routes.
+        assert_eq!(Route::parse("/v2/wharf/storage/tags/list").unwrap(), Route::Tags(name("wharf/storage")));
+        assert_eq!(
+            Route::parse("/v2/storage/_wharf/storage").unwrap(),
+            Route::Extension(name("storage"), "storage".into())
+        );
+        // The catalog and `_wharfx` are not the extension.
+        assert_eq!(Route::parse("/v2/_catalog").unwrap(), Route::Catalog);
+        assert!(matches!(Route::parse("/v2/_wharfx/storage"), Err(RouteError::NotFound)));
     }
 
     #[test]

@@ -19,5 +19,5 @@ pub use gc::{
 };
 pub use policy::{IndexPolicy, IndexRule, RepoPattern};
 pub use registry::{MountOutcome, PushedManifest, Registry, RegistryConfig};
-pub use report::{ChildReport, IndexReport, ReferrerReport};
+pub use report::{ChildReport, IndexReport, ReferrerReport, RepoStorageReport, StorageReport, StorageTotals};
 pub use upstream::{BoxFuture, Upstream, UpstreamManifest, UpstreamRule};

@@ -12,7 +12,7 @@ use wharf_storage::{BlobRead, BlobStore, BodyStream};
 
 use crate::error::{MissingChild, RegistryError, Result};
 use crate::policy::{IndexPolicy, IndexRule};
-use crate::report::{ChildReport, IndexReport, ReferrerReport};
+use crate::report::{ChildReport, IndexReport, ReferrerReport, StorageReport};
 use crate::upstream::{Upstream, UpstreamRule};
 
 /// Settings that change what the registry accepts.
@@ -628,5 +628,17 @@ impl Registry {
             referrers,
             reports,
         ))
+    }
+
+    /// The registry-wide storage report over the repositories for which `include` is true
+    /// (with auth: those the caller may pull). A handful of aggregate queries in one read
+    /// transaction, whatever the number of repositories, indexes or blobs; each index's
+    /// figures are those of its [`Registry::index_report`].
+    pub async fn storage_report(
+        &self,
+        include: impl Fn(&RepoName) -> bool + Send + Sync,
+    ) -> Result<StorageReport> {
+        let figures = self.inner.meta.storage_figures(include).await?;
+        Ok(StorageReport::from_figures(figures))
     }
 }

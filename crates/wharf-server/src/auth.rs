@@ -10,6 +10,7 @@
 //! | `DELETE` manifests and blobs | delete |
 //! | `GET /v2/` | any valid credentials |
 //! | `GET /v2/_catalog` | a logged-in user (`registry:catalog:*` in token mode); lists only what it may pull |
+//! | `GET /v2/_wharf/storage` (registry-wide extensions) | what the catalog needs; reports only what it may pull |
 //!
 //! A mount (`POST ?mount=&from=`) also needs pull on `from`; without it (or without `from`)
 //! the mount is not attempted and the client gets an upload session instead, as the spec
@@ -64,11 +65,19 @@ impl Caller {
     }
 }
 
-/// Set by [`authorize`] on catalog requests: list only what this identity may pull.
+/// Set by [`authorize`] on catalog requests and registry-wide extensions: list only what
+/// this identity may pull.
 #[derive(Clone)]
 pub(crate) struct CatalogFilter {
     auth: Arc<Authority>,
     identity: Identity,
+}
+
+impl CatalogFilter {
+    /// May the caller pull `repo`? (By the rules for its identity, as the catalog decides.)
+    pub(crate) fn may_pull(&self, repo: &RepoName) -> bool {
+        self.auth.actions_for(&self.identity, repo).contains(Action::Pull)
+    }
 }
 
 /// What the `Authorization` header carries.
@@ -259,7 +268,9 @@ pub(crate) async fn authorize(state: &AppState, route: &Route, req: &mut Request
                 _ => Ok(()),
             };
         }
-        Route::Catalog => {
+        // Registry-wide extensions (the storage report) list repositories like the catalog,
+        // and need what it needs.
+        Route::Catalog | Route::RegistryExtension(_) => {
             let identity = caller.identity();
             let allowed = match &caller {
                 Caller::Token(c) => c.permits("registry", "catalog", "*"),
@@ -268,7 +279,11 @@ pub(crate) async fn authorize(state: &AppState, route: &Route, req: &mut Request
             if !allowed {
                 let scope = Scope::catalog().to_string();
                 let rules_allow = auth.may_list_catalog(&identity);
-                return Err(refuse(auth, headers, &caller, &scope, rules_allow, "list the catalog".into()));
+                let what = match route {
+                    Route::Catalog => "list the catalog",
+                    _ => "read the storage report",
+                };
+                return Err(refuse(auth, headers, &caller, &scope, rules_allow, what.into()));
             }
             req.extensions_mut().insert(CatalogFilter { auth: auth.clone(), identity });
             return Ok(());
@@ -329,9 +344,7 @@ pub(crate) async fn catalog(reg: &Registry, filter: &CatalogFilter, uri: &Uri) -
             let exhausted = page.len() < batch as usize;
             for name in page {
                 cursor = Some(name.clone());
-                let readable = name
-                    .parse::<RepoName>()
-                    .is_ok_and(|r| filter.auth.actions_for(&filter.identity, &r).contains(Action::Pull));
+                let readable = name.parse::<RepoName>().is_ok_and(|r| filter.may_pull(&r));
                 if readable {
                     repos.push(name);
                     if n.is_some_and(|n| repos.len() >= n as usize) {

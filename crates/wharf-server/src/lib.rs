@@ -199,6 +199,9 @@ async fn handle(state: &AppState, route: Route, req: Request) -> ApiResult {
         (Route::Upload(repo, id), Method::PUT) => blobs::finish_upload(reg, &repo, &id, req).await,
         (Route::Upload(repo, id), Method::DELETE) => blobs::cancel_upload(reg, &repo, &id).await,
         (Route::Extension(repo, rest), Method::GET) => wharf_ext::get(reg, &repo, &rest).await,
+        (Route::RegistryExtension(rest), Method::GET) => {
+            wharf_ext::get_registry(reg, &rest, req.extensions().get::<auth::CatalogFilter>()).await
+        }
         (route, method) => {
             Err(ApiError::unsupported(format!("{method} is not supported on {}", describe(&route))))
         }
@@ -214,7 +217,7 @@ fn describe(route: &Route) -> &'static str {
         Route::Blob(..) => "blobs",
         Route::UploadStart(_) | Route::Upload(..) => "blob uploads",
         Route::Referrers(..) => "referrers",
-        Route::Extension(..) => "Wharf extensions",
+        Route::Extension(..) | Route::RegistryExtension(_) => "Wharf extensions",
     }
 }
 

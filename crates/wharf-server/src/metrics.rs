@@ -31,7 +31,7 @@ pub fn endpoint(route: Option<&Route>) -> usize {
         Some(Route::Blob(..)) => 4,
         Some(Route::UploadStart(_) | Route::Upload(..)) => 5,
         Some(Route::Referrers(..)) => 6,
-        Some(Route::Extension(..)) => 7,
+        Some(Route::Extension(..) | Route::RegistryExtension(_)) => 7,
         None => 8,
     }
 }

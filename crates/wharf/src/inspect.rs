@@ -16,6 +16,13 @@ pub struct InspectArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    registry: RegistryFlags,
+}
+
+/// How to reach a registry: the TLS and credential flags of `inspect` and `report`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct RegistryFlags {
     /// Verify TLS certificates (=false accepts any certificate and allows plain HTTP; loopback
     /// registries are tried over plain HTTP, then HTTPS, either way).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
@@ -26,6 +33,23 @@ pub struct InspectArgs {
     /// Credentials USER:PASSWORD (else the auth files docker and podman use).
     #[arg(long)]
     creds: Option<String>,
+}
+
+impl RegistryFlags {
+    /// A client for `host` with these flags; credentials from `--creds`, else the auth files.
+    pub(crate) fn client(&self, host: &str) -> anyhow::Result<RegistryClient> {
+        let credentials = match &self.creds {
+            Some(c) => Some(wharf_client::Credentials::parse_user_pass(c)?),
+            None => wharf_client::credentials_for(host)?,
+        };
+        let options = ClientOptions {
+            tls_verify: self.tls_verify,
+            credentials,
+            cert_dir: self.cert_dir.clone(),
+            ..ClientOptions::default()
+        };
+        Ok(RegistryClient::new(host, options)?)
+    }
 }
 
 /// `docker://HOST/REPO[:TAG|@DIGEST]` (the `docker://` prefix is optional), parsed by the
@@ -46,17 +70,7 @@ pub fn parse_docker_ref(image: &str) -> anyhow::Result<(String, RepoName, Refere
 
 pub async fn run(args: InspectArgs) -> anyhow::Result<()> {
     let (host, repo, reference) = parse_docker_ref(&args.image)?;
-    let credentials = match &args.creds {
-        Some(c) => Some(wharf_client::Credentials::parse_user_pass(c)?),
-        None => wharf_client::credentials_for(&host)?,
-    };
-    let options = ClientOptions {
-        tls_verify: args.tls_verify,
-        credentials,
-        cert_dir: args.cert_dir.clone(),
-        ..ClientOptions::default()
-    };
-    let client = RegistryClient::new(&host, options)?;
+    let client = args.registry.client(&host)?;
     let report = match from_extension(&client, &repo, &reference).await? {
         Some(r) => r,
         None => worked_out(&client, &repo, &reference).await?,
@@ -142,7 +156,7 @@ async fn referrers(
     }
 }
 
-pub fn human_bytes(n: u64) -> String {
+pub(crate) fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
     let mut unit = 0;

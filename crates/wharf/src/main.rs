@@ -4,6 +4,7 @@ mod config;
 mod copy_cmd;
 mod gc_cmd;
 mod inspect;
+mod report_cmd;
 mod serve;
 mod sync_cmd;
 mod upstream;
@@ -29,6 +30,8 @@ enum Command {
     Copy(copy_cmd::CopyArgs),
     /// Show an index: each platform present or absent, sizes, referrers.
     Inspect(inspect::InspectArgs),
+    /// Show a Wharf registry's storage: per repository, sparse indexes, bytes stored.
+    Report(report_cmd::ReportArgs),
     /// Mirror many images from a config file, also through air-gapped bundles.
     Sync(sync_cmd::SyncArgs),
     /// Remove unreferenced blob links and blobs, online (safe while `serve` runs).
@@ -58,6 +61,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
             Command::Inspect(args) => inspect::run(args).await,
+            Command::Report(args) => report_cmd::run(args).await,
             Command::Copy(args) => copy_cmd::run(args).await,
             Command::Sync(args) => sync_cmd::run(args).await,
             Command::Gc(args) => gc_cmd::run_gc(args).await,

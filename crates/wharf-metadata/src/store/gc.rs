@@ -5,7 +5,7 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 use wharf_oci::{Digest, RepoName};
 
-use super::{Backend, MetadataStore, parse_repo, row_digest, row_size};
+use super::{Backend, MetadataStore, parse_repo, placeholders, row_digest, row_size};
 use crate::{Result, StoredManifest};
 
 /// A blob's link to a repository, with the blob's size and when the link was made.
@@ -26,11 +26,6 @@ pub struct UnlinkedReference {
     pub repo: RepoName,
     pub manifest: Digest,
     pub blob: Digest,
-}
-
-/// `$first, $first+1, ...`: `n` placeholders.
-fn placeholders(first: usize, n: usize) -> String {
-    (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
 }
 
 fn blob_link(row: &AnyRow) -> Result<BlobLink> {

@@ -29,7 +29,7 @@ const TOKEN_KEY: &str = "test-token-key-0123456789abcdef0123456789";
 
 /// Users ci/pw, admin/root, dev/devpw; public/** readable by anyone, private/** by any
 /// user, team/** by dev only.
-fn auth_config(token: bool) -> AuthConfig {
+pub(crate) fn auth_config(token: bool) -> AuthConfig {
     let users = [("ci", "pw"), ("admin", "root"), ("dev", "devpw")];
     let text: String = users.iter().map(|(u, p)| Htpasswd::hash_line(u, p, 4).unwrap() + "\n").collect();
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
@@ -53,8 +53,8 @@ fn verifier() -> Authority {
     Authority::new(auth_config(true))
 }
 
-struct AuthServer {
-    base: String,
+pub(crate) struct AuthServer {
+    pub(crate) base: String,
     client: reqwest::Client,
     _dir: tempfile::TempDir,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -69,14 +69,14 @@ impl Drop for AuthServer {
 }
 
 #[derive(Clone)]
-enum Creds {
+pub(crate) enum Creds {
     Anonymous,
     Basic(&'static str, &'static str),
     Bearer(String),
 }
 
 impl AuthServer {
-    async fn start(backend: Backend, config: AuthConfig) -> AuthServer {
+    pub(crate) async fn start(backend: Backend, config: AuthConfig) -> AuthServer {
         let dir = tempfile::tempdir().unwrap();
         let blobs = BlobStore::open(dir.path().join("storage")).await.unwrap();
         let meta = match backend {
@@ -107,7 +107,7 @@ impl AuthServer {
         }
     }
 
-    fn req(&self, method: Method, path: &str, creds: &Creds) -> reqwest::RequestBuilder {
+    pub(crate) fn req(&self, method: Method, path: &str, creds: &Creds) -> reqwest::RequestBuilder {
         let rb = self.client.request(method, format!("{}{path}", self.base));
         match creds {
             Creds::Anonymous => rb,
@@ -116,11 +116,11 @@ impl AuthServer {
         }
     }
 
-    async fn send(&self, method: Method, path: &str, creds: &Creds) -> reqwest::Response {
+    pub(crate) async fn send(&self, method: Method, path: &str, creds: &Creds) -> reqwest::Response {
         self.req(method, path, creds).send().await.unwrap()
     }
 
-    async fn push_blob(&self, repo: &str, bytes: &[u8], creds: &Creds) -> Digest {
+    pub(crate) async fn push_blob(&self, repo: &str, bytes: &[u8], creds: &Creds) -> Digest {
         let digest = Digest::sha256_of(bytes);
         let resp = self
             .req(Method::POST, &format!("/v2/{repo}/blobs/uploads/?digest={digest}"), creds)
@@ -133,7 +133,7 @@ impl AuthServer {
     }
 
     /// Config + layer + manifest tagged `tag`; returns the manifest digest and the layer's.
-    async fn push_image(&self, repo: &str, tag: &str, creds: &Creds) -> (Digest, Digest) {
+    pub(crate) async fn push_image(&self, repo: &str, tag: &str, creds: &Creds) -> (Digest, Digest) {
         let config = format!(r#"{{"architecture":"amd64","os":"linux","repo":"{repo}"}}"#);
         let layer = format!("layer of {repo}").into_bytes();
         let c = self.push_blob(repo, config.as_bytes(), creds).await;
@@ -155,7 +155,7 @@ impl AuthServer {
     }
 
     /// A token from `/token` for `scopes` (each one `scope` parameter).
-    async fn token(&self, creds: &Creds, scopes: &[&str]) -> String {
+    pub(crate) async fn token(&self, creds: &Creds, scopes: &[&str]) -> String {
         let mut q: Vec<(&str, &str)> = vec![("service", "wharf")];
         q.extend(scopes.iter().map(|s| ("scope", *s)));
         let resp = self.req(Method::GET, "/token", creds).query(&q).send().await.unwrap();
@@ -165,20 +165,20 @@ impl AuthServer {
     }
 }
 
-fn challenge(resp: &reqwest::Response) -> String {
+pub(crate) fn challenge(resp: &reqwest::Response) -> String {
     resp.headers().get(WWW_AUTHENTICATE).map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default()
 }
 
-async fn expect_401(resp: reqwest::Response, challenge_is: &str) {
+pub(crate) async fn expect_401(resp: reqwest::Response, challenge_is: &str) {
     assert_eq!(challenge(&resp), challenge_is);
     expect_error(resp, StatusCode::UNAUTHORIZED, "UNAUTHORIZED").await;
 }
 
-const BASIC: &str = "Basic realm=\"wharf\"";
-const CI: Creds = Creds::Basic("ci", "pw");
-const ADMIN: Creds = Creds::Basic("admin", "root");
-const DEV: Creds = Creds::Basic("dev", "devpw");
-const ANON: Creds = Creds::Anonymous;
+pub(crate) const BASIC: &str = "Basic realm=\"wharf\"";
+pub(crate) const CI: Creds = Creds::Basic("ci", "pw");
+pub(crate) const ADMIN: Creds = Creds::Basic("admin", "root");
+pub(crate) const DEV: Creds = Creds::Basic("dev", "devpw");
+pub(crate) const ANON: Creds = Creds::Anonymous;
 
 async fn basic_anonymous_pulls_public_repositories_only(backend: Backend) {
     let s = AuthServer::start(backend, auth_config(false)).await;

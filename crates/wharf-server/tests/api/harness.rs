@@ -143,20 +143,36 @@ pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
 pub async fn image(server: &Server, repo: &str, seed: &str, platform: (&str, &str)) -> TestImage {
+    let (config, layer, img) = image_parts(seed, platform);
+    server.push_blob(repo, &config).await;
+    server.push_blob(repo, &layer).await;
+    img
+}
+
+/// The config, the layer and the image of [`image`], nothing pushed (a platform a sparse
+/// mirror leaves out).
+pub fn image_parts(seed: &str, platform: (&str, &str)) -> (Vec<u8>, Vec<u8>, TestImage) {
     let config = format!(
         r#"{{"architecture":"{}","os":"{}","rootfs":{{"type":"layers","diff_ids":[]}},"seed":"{seed}"}}"#,
         platform.1, platform.0
-    );
+    )
+    .into_bytes();
     let layer = format!("layer of {seed}").into_bytes();
-    let c = server.push_blob(repo, config.as_bytes()).await;
-    let l = server.push_blob(repo, &layer).await;
+    let c = Digest::sha256_of(&config);
+    let l = Digest::sha256_of(&layer);
     let manifest = format!(
         r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{c}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{l}","size":{}}}]}}"#,
         config.len(),
         layer.len()
     )
     .into_bytes();
-    TestImage { digest: Digest::sha256_of(&manifest), manifest, media_type: OCI_MANIFEST, blobs: vec![c, l] }
+    let image = TestImage {
+        digest: Digest::sha256_of(&manifest),
+        manifest,
+        media_type: OCI_MANIFEST,
+        blobs: vec![c, l],
+    };
+    (config, layer, image)
 }
 
 /// An index over `children` given as (image, "os/arch[/variant]").

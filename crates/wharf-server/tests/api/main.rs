@@ -6,6 +6,7 @@ mod conformance;
 mod harness;
 mod protocol;
 mod sparse;
+mod storage;
 
 /// Instantiate async test fns `fn(Backend)` once per metadata backend.
 #[macro_export]
