@@ -247,16 +247,6 @@ impl Registry {
 
     // ---- manifests ---------------------------------------------------------------------
 
-    async fn resolve(&self, repo: &RepoName, reference: &Reference) -> Result<Digest> {
-        match reference {
-            Reference::Digest(d) => Ok(d.clone()),
-            Reference::Tag(t) => match self.inner.meta.resolve_tag(repo, t).await? {
-                Some(d) => Ok(d),
-                None => Err(self.manifest_unknown(repo, reference).await?),
-            },
-        }
-    }
-
     /// The error for a manifest that is not here: a repository that does not exist, an
     /// absent child of a sparse index (named by platform), or simply an unknown reference.
     async fn manifest_unknown(&self, repo: &RepoName, reference: &Reference) -> Result<RegistryError> {
@@ -290,33 +280,35 @@ impl Registry {
             content: m.content.into(),
         };
         // By tag: the pull hot path. From the cache, else one query for tag and bytes.
-        if let Reference::Tag(tag) = reference {
-            let cache = self.inner.tag_cache.as_ref();
-            if let Some(hit) = cache.and_then(|c| c.get(repo, tag)) {
-                return Ok(hit);
-            }
-            let generation = cache.map(TagCache::generation);
-            return match self.inner.meta.get_tagged_manifest(repo, tag).await? {
-                Some(m) => {
-                    let m = served(m);
-                    if let (Some(c), Some(g)) = (cache, generation) {
-                        c.fill(g, repo, tag, &m);
-                    }
-                    Ok(m)
+        let digest = match reference {
+            Reference::Digest(d) => d,
+            Reference::Tag(tag) => {
+                let cache = self.inner.tag_cache.as_ref();
+                if let Some(hit) = cache.and_then(|c| c.get(repo, tag)) {
+                    return Ok(hit);
                 }
-                None => Err(self.manifest_unknown(repo, reference).await?),
-            };
-        }
-        let digest = self.resolve(repo, reference).await?;
-        if let Some(m) = self.inner.meta.get_manifest(repo, &digest).await? {
+                let generation = cache.map(TagCache::generation);
+                return match self.inner.meta.get_tagged_manifest(repo, tag).await? {
+                    Some(m) => {
+                        let m = served(m);
+                        if let (Some(c), Some(g)) = (cache, generation) {
+                            c.fill(g, repo, tag, &m);
+                        }
+                        Ok(m)
+                    }
+                    None => Err(self.manifest_unknown(repo, reference).await?),
+                };
+            }
+        };
+        if let Some(m) = self.inner.meta.get_manifest(repo, digest).await? {
             return Ok(served(m));
         }
-        if self.fill_manifest(repo, &digest, 0).await?
-            && let Some(m) = self.inner.meta.get_manifest(repo, &digest).await?
+        if self.fill_manifest(repo, digest, 0).await?
+            && let Some(m) = self.inner.meta.get_manifest(repo, digest).await?
         {
             return Ok(served(m));
         }
-        Err(self.manifest_unknown(repo, &Reference::Digest(digest)).await?)
+        Err(self.manifest_unknown(repo, reference).await?)
     }
 
     /// Tags of `repo` may have changed: drop what the cache holds for it.
@@ -332,16 +324,24 @@ impl Registry {
         repo: &RepoName,
         reference: &Reference,
     ) -> Result<(Digest, String, u64)> {
-        let digest = self.resolve(repo, reference).await?;
-        if let Some((media_type, size)) = self.inner.meta.manifest_exists(repo, &digest).await? {
-            return Ok((digest, media_type, size));
+        // By tag, HEAD takes the GET path: served from the tag cache, or one query that
+        // resolves the tag and reads the row, instead of two.
+        let digest = match reference {
+            Reference::Digest(d) => d,
+            Reference::Tag(_) => {
+                let m = self.get_manifest(repo, reference).await?;
+                return Ok((m.digest, m.media_type, m.content.len() as u64));
+            }
+        };
+        if let Some((media_type, size)) = self.inner.meta.manifest_exists(repo, digest).await? {
+            return Ok((digest.clone(), media_type, size));
         }
-        if self.fill_manifest(repo, &digest, 0).await?
-            && let Some((media_type, size)) = self.inner.meta.manifest_exists(repo, &digest).await?
+        if self.fill_manifest(repo, digest, 0).await?
+            && let Some((media_type, size)) = self.inner.meta.manifest_exists(repo, digest).await?
         {
-            return Ok((digest, media_type, size));
+            return Ok((digest.clone(), media_type, size));
         }
-        Err(self.manifest_unknown(repo, &Reference::Digest(digest)).await?)
+        Err(self.manifest_unknown(repo, reference).await?)
     }
 
     /// Validate and store a manifest as the exact bytes received.

@@ -7,11 +7,7 @@ use axum::response::{IntoResponse, Response};
 use wharf_oci::{Digest, ErrorCode, RepoName};
 use wharf_registry::{MountOutcome, Registry};
 
-use crate::{ApiError, ApiResult, CONTENT_DIGEST, UPLOAD_UUID, body_stream, header_str, query_param};
-
-fn hv(s: &str) -> HeaderValue {
-    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
-}
+use crate::{ApiError, ApiResult, CONTENT_DIGEST, UPLOAD_UUID, body_stream, header_str, hv, query_param};
 
 /// `Range: bytes=first-[last]` as (first, last). Only single ranges are supported.
 fn parse_range(headers: &HeaderMap) -> Result<Option<(u64, Option<u64>)>, ApiError> {

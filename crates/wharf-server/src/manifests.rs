@@ -11,11 +11,7 @@ use wharf_oci::{MAX_MANIFEST_BYTES, Reference, RepoName};
 const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
 use wharf_registry::{Registry, RegistryError};
 
-use crate::{ApiResult, CONTENT_DIGEST, OCI_SUBJECT, header_str};
-
-fn hv(s: &str) -> HeaderValue {
-    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
-}
+use crate::{ApiResult, CONTENT_DIGEST, OCI_SUBJECT, header_str, hv};
 
 fn manifest_response(digest: &str, media_type: &str, len: u64, body: Body) -> Response {
     let mut resp = (StatusCode::OK, body).into_response();
