@@ -142,6 +142,9 @@ impl RegistryClient {
                 "registry host {host:?} is invalid: expected HOST[:PORT] without a scheme or path"
             )));
         }
+        // `docker.io` names Docker Hub's images; its API answers on another host.
+        let host =
+            if host == "docker.io" || host == "index.docker.io" { "registry-1.docker.io" } else { host };
         let mut builder = reqwest::Client::builder();
         if is_loopback_host(host) {
             // A proxy from the environment must not capture a registry on this machine.
@@ -483,6 +486,14 @@ fn ca_certificates(dir: &std::path::Path) -> Result<Vec<reqwest::Certificate>, C
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn docker_hub_is_reached_on_its_api_host() {
+        let c = RegistryClient::new("docker.io", ClientOptions::default()).unwrap();
+        assert_eq!(c.host(), "registry-1.docker.io");
+        let c = RegistryClient::new("127.0.0.1:5000", ClientOptions::default()).unwrap();
+        assert_eq!(c.host(), "127.0.0.1:5000");
+    }
 
     #[test]
     fn cert_dir_errors_name_the_file() {

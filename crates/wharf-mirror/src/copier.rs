@@ -8,7 +8,6 @@ use wharf_client::{ClientError, ClientOptions, RegistryClient, credentials_for};
 use wharf_oci::{Digest, Platform, Reference, RepoName};
 
 use crate::endpoint::Endpoint;
-use crate::image_ref::{DOCKER_HUB, DOCKER_HUB_API};
 use crate::job::{Job, parse_manifest};
 use crate::layouts::LayoutHandle;
 use crate::{BlobLedger, CopyReport, ImageName, ImageRef, ImageReport, MirrorError, NoProgress, Progress};
@@ -232,9 +231,8 @@ impl Copier {
             options.credentials = credentials_for(host)
                 .map_err(MirrorError::client(format!("reading the credentials for {host}")))?;
         }
-        let api_host = if host == DOCKER_HUB { DOCKER_HUB_API } else { host };
-        let client = RegistryClient::new(api_host, options)
-            .map_err(MirrorError::client("creating a registry client"))?;
+        let client =
+            RegistryClient::new(host, options).map_err(MirrorError::client("creating a registry client"))?;
         self.clients.lock().expect("not poisoned").insert(key, client.clone());
         Ok(client)
     }

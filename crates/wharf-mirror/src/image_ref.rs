@@ -10,9 +10,9 @@ use wharf_oci::{Digest, Reference, RepoName, Tag};
 
 use crate::{ImageName, MirrorError, RefName};
 
-/// Docker Hub's canonical name and the host its API answers on.
+/// Docker Hub's canonical name (`wharf_client::RegistryClient` knows the host its API
+/// answers on).
 pub const DOCKER_HUB: &str = "docker.io";
-pub const DOCKER_HUB_API: &str = "registry-1.docker.io";
 
 /// Where an image is, and which one.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

@@ -26,6 +26,9 @@ pub enum RegistryError {
     UploadInvalid(String),
     #[error("{0}")]
     RangeInvalid(String),
+    /// A `Range` on a blob read that the blob cannot satisfy.
+    #[error("{0}")]
+    ReadRangeInvalid(String),
     #[error("{0}")]
     DigestInvalid(String),
     #[error("{0}")]

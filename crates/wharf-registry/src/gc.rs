@@ -279,6 +279,16 @@ impl GarbageCollector {
             self.meta.unlinked_blobs().await?.into_iter().map(|(d, _)| d).collect();
         let files = self.blobs.list_blobs().await?;
         let known: HashSet<Digest> = self.meta.known_blobs(&files).await?.into_iter().collect();
+        // A metadata database that knows none of the stored blobs is almost certainly not this
+        // storage's (a mistyped --database, a fresh schema): collecting would delete everything.
+        if !files.is_empty() && known.is_empty() {
+            return Err(wharf_metadata::MetadataError::Corrupt(format!(
+                "storage holds {} blobs but the metadata database knows none of them: is it this \
+                 registry's database? Refusing to collect anything",
+                files.len()
+            ))
+            .into());
+        }
         digests.extend(files.into_iter().filter(|d| !known.contains(d)));
 
         if self.grace.is_zero() && !assume_unlinked.is_empty() {

@@ -8,7 +8,7 @@ use crate::cache::{ServedManifest, TagCache};
 use wharf_oci::{
     Algorithm, Descriptor, Digest, Manifest, ManifestError, Reference, RepoName, Tag, media_types,
 };
-use wharf_storage::{BlobRead, BlobStore, BodyStream};
+use wharf_storage::{BlobRead, BlobStore, BodyStream, StorageError};
 
 use crate::error::{MissingChild, RegistryError, Result};
 use crate::policy::{IndexPolicy, IndexRule};
@@ -109,7 +109,7 @@ impl Registry {
             Some((first, last)) => {
                 let last = last.unwrap_or(u64::MAX).min(size.saturating_sub(1));
                 if first >= size || first > last {
-                    return Err(RegistryError::RangeInvalid(format!(
+                    return Err(RegistryError::ReadRangeInvalid(format!(
                         "range {first}-{} is outside blob {digest} of {size} bytes",
                         last
                     )));
@@ -146,8 +146,8 @@ impl Registry {
     }
 
     /// Cross-repository mount. With `from`, only that repository is considered; without
-    /// it, any repository holding the blob (the registry has no per-user access rules yet
-    /// that could forbid it).
+    /// it, any repository holding the blob (with auth on, the server only lets a mount
+    /// through when the caller may pull its source).
     pub async fn mount_blob(
         &self,
         repo: &RepoName,
@@ -518,9 +518,20 @@ impl Registry {
                 }
             }
         }
-        self.put_manifest(repo, &Reference::Digest(digest.clone()), Some(&media_type), &bytes).await?;
-        tracing::info!(%repo, %digest, upstream = %upstream.describe(), "filled manifest from upstream");
-        Ok(true)
+        // What the upstream could not complete (a missing layer, a required child it lacks) is
+        // a manifest this registry does not have: the client gets the usual 404, not the 400
+        // a pushing client would.
+        match self.put_manifest(repo, &Reference::Digest(digest.clone()), Some(&media_type), &bytes).await {
+            Ok(_) => {
+                tracing::info!(%repo, %digest, upstream = %upstream.describe(), "filled manifest from upstream");
+                Ok(true)
+            }
+            Err(e @ (RegistryError::Storage(_) | RegistryError::Metadata(_))) => Err(e),
+            Err(e) => {
+                tracing::warn!(%repo, %digest, upstream = %upstream.describe(), error = %e, "on-demand fill incomplete");
+                Ok(false)
+            }
+        }
     }
 
     /// Fetch blob `digest` from the repository's upstream, verify, store, link.
@@ -534,7 +545,16 @@ impl Registry {
                 return Ok(None);
             }
         };
-        let size = self.inner.blobs.put_stream(digest, stream).await?;
+        // A stream that breaks off or hashes wrong leaves nothing stored: the blob is still
+        // unknown here, which is what the pulling client is told.
+        let size = match self.inner.blobs.put_stream(digest, stream).await {
+            Ok(size) => size,
+            Err(e @ StorageError::Io(_)) => return Err(RegistryError::Storage(e)),
+            Err(e) => {
+                tracing::warn!(%repo, %digest, upstream = %upstream.describe(), error = %e, "on-demand fill failed");
+                return Ok(None);
+            }
+        };
         self.inner.meta.link_blob(repo, digest, size).await?;
         tracing::info!(%repo, %digest, size, upstream = %upstream.describe(), "filled blob from upstream");
         Ok(Some(size))

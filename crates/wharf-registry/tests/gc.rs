@@ -87,7 +87,29 @@ suite!(
     no_link_while_the_sweep_transaction_is_open,
     fsck_passes_on_a_clean_store,
     fsck_finds_flipped_byte_missing_file_and_corrupt_manifest,
+    a_database_that_knows_none_of_the_blobs_deletes_nothing,
 );
+
+/// `wharf gc --database` pointing at the wrong (or a fresh) database sees every stored file as
+/// unknown: it must refuse instead of deleting them all.
+async fn a_database_that_knows_none_of_the_blobs_deletes_nothing(b: Backend) {
+    let ctx = ctx(b).await;
+    let img = ctx.push_image("app", "a", b"layer a", "v1").await;
+    let fresh = match b {
+        Backend::Sqlite => MetadataStore::connect(&format!(
+            "sqlite://{}?mode=rwc",
+            ctx.dir.path().join("other.db").display()
+        ))
+        .await
+        .unwrap(),
+        Backend::Postgres => MetadataStore::connect_postgres_isolated(&postgres_url()).await.unwrap(),
+    };
+    let wrong = Registry::new(ctx.registry.blob_store().clone(), fresh, RegistryConfig::default());
+    let err = GarbageCollector::for_registry(&wrong, Duration::ZERO).run(false).await.unwrap_err();
+    assert!(err.to_string().contains("knows none of them"), "{err}");
+    assert!(ctx.registry.blob_store().stat(&img.layer.0).await.unwrap().is_some(), "nothing was deleted");
+    assert!(ctx.registry.blob_store().stat(&img.config.0).await.unwrap().is_some());
+}
 
 fn repo(s: &str) -> RepoName {
     s.parse().unwrap()
@@ -385,6 +407,9 @@ async fn link_between_mark_and_sweep_keeps_the_blob(backend: Backend) {
 
 async fn upload_between_mark_and_sweep_keeps_the_file(backend: Backend) {
     let c = ctx(backend).await;
+    // The registry holds something (a database that knows no stored blob at all is refused, see
+    // `a_database_that_knows_none_of_the_blobs_deletes_nothing`).
+    c.push_blob("b", b"linked elsewhere").await;
     // A file with no row: a crash between storing and linking left it.
     let orphan = c.registry.blob_store().put_bytes(None, b"left by a crash").await.unwrap();
     let gc = c.gc(NOW);

@@ -48,6 +48,7 @@ impl From<RegistryError> for ApiError {
             E::UploadUnknown(_) => (StatusCode::NOT_FOUND, ErrorCode::BlobUploadUnknown),
             E::UploadInvalid(_) => (StatusCode::BAD_REQUEST, ErrorCode::BlobUploadInvalid),
             E::RangeInvalid(_) => (StatusCode::RANGE_NOT_SATISFIABLE, ErrorCode::BlobUploadInvalid),
+            E::ReadRangeInvalid(_) => (StatusCode::RANGE_NOT_SATISFIABLE, ErrorCode::RangeInvalid),
             E::DigestInvalid(_) => (StatusCode::BAD_REQUEST, ErrorCode::DigestInvalid),
             E::SizeInvalid(_) => (StatusCode::BAD_REQUEST, ErrorCode::SizeInvalid),
             E::ManifestUnknown { .. } => (StatusCode::NOT_FOUND, ErrorCode::ManifestUnknown),

@@ -253,15 +253,25 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .trim()
         .parse()
         .map_err(|_| format!("size {s:?} is not a number with an optional unit (500M, 2G)"))?;
-    if !(value.is_finite() && value > 0.0) {
-        return Err(format!("size {s:?} must be more than 0"));
+    // Checked after scaling: "0.5" is more than 0 but not a whole byte.
+    let bytes = (value * factor as f64) as u64;
+    if !value.is_finite() || bytes == 0 {
+        return Err(format!("size {s:?} must be at least one byte"));
     }
-    Ok((value * factor as f64) as u64)
+    Ok(bytes)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_below_one_byte_are_refused() {
+        for bad in ["0", "0.5", "0.0001K", "-1M", "nanG"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_size("1.5K").unwrap(), 1536);
+    }
 
     #[test]
     fn sizes() {

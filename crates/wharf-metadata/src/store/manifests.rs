@@ -66,7 +66,12 @@ impl MetadataStore {
             > 0;
 
         for (blob, size) in &refs {
+            // Linking again restarts gc's grace period; the references themselves were written
+            // with the manifest row and only go with it.
             link_blob_in(&mut tx, repo, blob, *size, ts).await?;
+            if !inserted {
+                continue;
+            }
             sqlx::query(
                 "INSERT INTO manifest_blobs (repo, manifest_digest, blob_digest, size) \
                  VALUES ($1, $2, $3, $4) ON CONFLICT (repo, manifest_digest, blob_digest) \

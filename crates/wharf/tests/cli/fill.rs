@@ -47,6 +47,24 @@ fn absent_platform_is_filled_from_the_upstream_on_pull() {
         s390.manifest.bytes
     );
     assert!(server.log().is_empty() || !server.log().contains("ERROR"), "{}", server.log());
+    // An upstream that cannot complete a child (a layer is gone there): the pulling client is
+    // told the manifest is unknown (404), not handed a push error (400).
+    let armv7 = image.platform("linux/arm/v7");
+    let layer = &armv7.layers[0].digest;
+    let deleted = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "DELETE"])
+        .arg(format!("http://{}/v2/vendor/app/blobs/{layer}", upstream.addr))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&deleted.stdout), "202");
+    let got = std::process::Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}"])
+        .arg(format!("http://{}/v2/mirror/app/manifests/{}", server.addr, armv7.manifest.digest))
+        .output()
+        .unwrap();
+    let got = String::from_utf8_lossy(&got.stdout).into_owned();
+    assert!(got.ends_with("\n404") && got.contains("MANIFEST_UNKNOWN"), "{got}");
+
     // The index itself was never touched.
     assert_eq!(skopeo_inspect_raw(&server.docker_ref("mirror/app:v1")), image.index.bytes);
 }
