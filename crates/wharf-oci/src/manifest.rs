@@ -175,14 +175,19 @@ impl Manifest {
 pub const DOCKER_REFERENCE_DIGEST: &str = "vnd.docker.reference.digest";
 pub const DOCKER_REFERENCE_TYPE: &str = "vnd.docker.reference.type";
 
+/// If these are the annotations of a buildx attestation manifest, the digest of the image it
+/// describes.
+pub fn attestation_subject(annotations: &BTreeMap<String, String>) -> Option<Digest> {
+    if annotations.get(DOCKER_REFERENCE_TYPE).map(String::as_str) != Some("attestation-manifest") {
+        return None;
+    }
+    annotations.get(DOCKER_REFERENCE_DIGEST)?.parse().ok()
+}
+
 impl Descriptor {
     /// If this index child is a buildx attestation, the digest of its subject child.
     pub fn attestation_subject(&self) -> Option<Digest> {
-        let a = self.annotations.as_ref()?;
-        if a.get(DOCKER_REFERENCE_TYPE).map(String::as_str) != Some("attestation-manifest") {
-            return None;
-        }
-        a.get(DOCKER_REFERENCE_DIGEST)?.parse().ok()
+        attestation_subject(self.annotations.as_ref()?)
     }
 }
 

@@ -22,8 +22,9 @@ pub struct ServedManifest {
 /// few, so this is rarely reached and a simple reset is enough).
 const BUDGET: usize = 16 * 1024 * 1024;
 
-/// The cached manifests and the bytes they hold.
-type Entries = (HashMap<(RepoName, Tag), ServedManifest>, usize);
+/// The cached manifests by repository then tag (a lookup borrows, an invalidation drops one
+/// repository's map), and the bytes they hold.
+type Entries = (HashMap<RepoName, HashMap<Tag, ServedManifest>>, usize);
 
 #[derive(Default)]
 pub struct TagCache {
@@ -36,7 +37,7 @@ pub struct TagCache {
 impl TagCache {
     pub fn get(&self, repo: &RepoName, tag: &Tag) -> Option<ServedManifest> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.0.get(&(repo.clone(), tag.clone())).cloned()
+        entries.0.get(repo)?.get(tag).cloned()
     }
 
     pub fn generation(&self) -> u64 {
@@ -52,8 +53,9 @@ impl TagCache {
             entries.0.clear();
             entries.1 = 0;
         }
-        entries.1 += m.content.len();
-        entries.0.insert((repo.clone(), tag.clone()), m.clone());
+        let (map, bytes) = &mut *entries;
+        let replaced = map.entry(repo.clone()).or_default().insert(tag.clone(), m.clone());
+        *bytes = *bytes + m.content.len() - replaced.map_or(0, |r| r.content.len());
     }
 
     /// Forget every tag of `repo` (after any manifest or tag write there).
@@ -61,13 +63,9 @@ impl TagCache {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         self.generation.fetch_add(1, Ordering::AcqRel);
         let (map, bytes) = &mut *entries;
-        map.retain(|(r, _), m| {
-            let keep = r != repo;
-            if !keep {
-                *bytes -= m.content.len();
-            }
-            keep
-        });
+        if let Some(tags) = map.remove(repo) {
+            *bytes -= tags.values().map(|m| m.content.len()).sum::<usize>();
+        }
     }
 }
 
@@ -98,5 +96,16 @@ mod tests {
         assert!(cache.get(&repo, &tag).is_some(), "other repositories are untouched");
         cache.invalidate(&repo);
         assert!(cache.get(&repo, &tag).is_none());
+    }
+
+    #[test]
+    fn refilling_a_tag_counts_its_bytes_once() {
+        let cache = TagCache::default();
+        let (repo, tag): (RepoName, Tag) = ("a".parse().unwrap(), "v1".parse().unwrap());
+        cache.fill(cache.generation(), &repo, &tag, &m("first"));
+        cache.fill(cache.generation(), &repo, &tag, &m("second!"));
+        assert_eq!(cache.entries.lock().unwrap().1, "second!".len());
+        cache.invalidate(&repo);
+        assert_eq!(cache.entries.lock().unwrap().1, 0);
     }
 }

@@ -45,7 +45,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use wharf_metadata::MetadataStore;
-use wharf_oci::{Algorithm, Digest, RepoName};
+use wharf_oci::{Digest, RepoName};
 use wharf_storage::{BlobStore, StorageError};
 
 use crate::Registry;
@@ -241,8 +241,8 @@ impl GarbageCollector {
                     ready.push(link);
                     continue;
                 }
-                match touch(self.blob_path(&link.digest)).await {
-                    Ok(()) => {
+                match self.blobs.touch(&link.digest).await {
+                    Ok(_) => {
                         touched.insert(link.digest.clone());
                         ready.push(link);
                     }
@@ -458,7 +458,7 @@ impl GarbageCollector {
     /// The file of a blob: `blobs/<algorithm>/<first two hex>/<hex>` under the storage root
     /// (the layout of `wharf-storage`).
     fn blob_path(&self, d: &Digest) -> PathBuf {
-        blob_path(self.blobs.root(), d)
+        self.blobs.blob_path(d)
     }
 
     fn trash_dir(&self) -> PathBuf {
@@ -479,12 +479,6 @@ impl GarbageCollector {
     }
 }
 
-/// The path of blob `d` under a `wharf-storage` root.
-pub(crate) fn blob_path(root: &Path, d: &Digest) -> PathBuf {
-    let hex = d.hex();
-    root.join("blobs").join(d.algorithm().as_str()).join(&hex[..2]).join(hex)
-}
-
 /// A blob file moved to the trash.
 struct Trashed {
     digest: Digest,
@@ -494,17 +488,13 @@ struct Trashed {
     modified: SystemTime,
 }
 
+/// A trashed blob's file name: `sha256-<hex>`, as in the referrers tag schema.
 fn trash_name(d: &Digest) -> String {
-    format!("{}-{}", d.algorithm().as_str(), d.hex())
+    d.tag_form()
 }
 
 fn trash_digest(name: &str) -> Option<Digest> {
-    let (algorithm, hex) = name.split_once('-')?;
-    [Algorithm::Sha256, Algorithm::Sha512]
-        .iter()
-        .any(|a| a.as_str() == algorithm)
-        .then(|| format!("{algorithm}:{hex}").parse().ok())
-        .flatten()
+    name.replacen('-', ":", 1).parse().ok()
 }
 
 /// Moves a trashed file back, unless the blob was stored again meanwhile (same digest, same
@@ -534,20 +524,6 @@ async fn remove_quiet(path: &Path) -> io::Result<()> {
     }
 }
 
-/// Sets the file's modification time to now. A missing file is fine (nothing to protect).
-async fn touch(path: PathBuf) -> io::Result<()> {
-    let result = tokio::task::spawn_blocking(move || {
-        let file = std::fs::OpenOptions::new().write(true).open(&path)?;
-        file.set_modified(SystemTime::now())
-    })
-    .await
-    .map_err(io::Error::other)?;
-    match result {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        other => other,
-    }
-}
-
 fn age(now: SystemTime, then: SystemTime) -> Duration {
     now.duration_since(then).unwrap_or(Duration::ZERO)
 }
@@ -564,7 +540,7 @@ mod tests {
     fn trash_names_round_trip() {
         let d = Digest::sha256_of(b"x");
         assert_eq!(trash_digest(&trash_name(&d)), Some(d));
-        let d = Digest::compute(Algorithm::Sha512, b"x");
+        let d = Digest::compute(wharf_oci::Algorithm::Sha512, b"x");
         assert_eq!(trash_digest(&trash_name(&d)), Some(d));
         assert_eq!(trash_digest("sha256-nothex"), None);
         assert_eq!(trash_digest("md5-abcd"), None);

@@ -2,6 +2,8 @@
 //! inspect` and storage accounting; and the registry-wide storage report behind
 //! `/v2/_wharf/storage` and `wharf report`, computed from the same figures.
 
+use std::collections::BTreeMap;
+
 use wharf_metadata::{ChildPresence, StorageFigures};
 use wharf_oci::{Digest, RepoName};
 
@@ -45,9 +47,8 @@ impl ChildReport {
         let attestation_for = child
             .annotations_json
             .as_deref()
-            .and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok())
-            .filter(|a| a["vnd.docker.reference.type"] == "attestation-manifest")
-            .and_then(|a| a["vnd.docker.reference.digest"].as_str().and_then(|d| d.parse().ok()));
+            .and_then(|j| serde_json::from_str::<BTreeMap<String, String>>(j).ok())
+            .and_then(|a| wharf_oci::manifest::attestation_subject(&a));
         ChildReport {
             digest: child.digest,
             media_type: child.media_type,

@@ -80,6 +80,12 @@ impl BlobStore {
         }
     }
 
+    /// Where blob `d` lives on disk (whether or not it is there): for maintenance that moves
+    /// files itself, such as garbage collection's trash.
+    pub fn blob_path(&self, d: &Digest) -> PathBuf {
+        self.inner.blob_path(d)
+    }
+
     /// Size of a stored blob, marking it as just used (its mtime, which garbage collection's
     /// grace period counts from): for a mount, which links existing content. `Ok(None)` if absent.
     pub async fn touch(&self, d: &Digest) -> Result<Option<u64>, StorageError> {
