@@ -95,6 +95,9 @@ pub struct Copier {
     pub(crate) progress: Arc<dyn Progress>,
     pub(crate) ledger: Arc<BlobLedger>,
     clients: Mutex<HashMap<(String, Role), RegistryClient>>,
+    /// Registry endpoints (host, repository, role), so that what an endpoint learns (tags,
+    /// referrers API, sparse-index support) is learnt once per run, not once per image.
+    endpoints: Mutex<HashMap<(String, RepoName, Role), Endpoint>>,
     pub(crate) layouts: tokio::sync::Mutex<HashMap<(PathBuf, Role), Arc<LayoutHandle>>>,
     /// Dry run: manifests a planned copy would have pushed (store, repository, digest), so that
     /// later plans of the same run count them as there, as a real run would find them.
@@ -108,6 +111,7 @@ impl Copier {
             progress,
             ledger: Arc::new(BlobLedger::new()),
             clients: Mutex::new(HashMap::new()),
+            endpoints: Mutex::new(HashMap::new()),
             layouts: tokio::sync::Mutex::new(HashMap::new()),
             planned: Mutex::new(HashSet::new()),
         }
@@ -241,7 +245,12 @@ impl Copier {
     async fn endpoint(&self, r: &ImageRef, role: Role) -> Result<Endpoint, MirrorError> {
         match r {
             ImageRef::Docker { host, repo, .. } => {
-                Ok(Endpoint::registry(self.client(host, role)?, repo.clone()))
+                let key = (host.clone(), repo.clone(), role);
+                if let Some(ep) = self.endpoints.lock().expect("not poisoned").get(&key) {
+                    return Ok(ep.clone());
+                }
+                let ep = Endpoint::registry(self.client(host, role)?, repo.clone());
+                Ok(self.endpoints.lock().expect("not poisoned").entry(key).or_insert(ep).clone())
             }
             ImageRef::Oci { path, .. } => {
                 Ok(Endpoint::Layout(self.layout(path, role, false).await?.layout.clone()))

@@ -22,8 +22,11 @@ pub(crate) struct RegistryRepo {
     pub repo: RepoName,
     /// Whether the registry has the referrers API (learnt on first use).
     referrers_api: OnceCell<bool>,
-    /// The repository's tags, listed once per copy (cosign and tag-schema lookups).
+    /// The repository's tags, listed once per run (cosign and tag-schema lookups). Only
+    /// source endpoints list them, and a run does not change its sources.
     tags: OnceCell<Arc<Vec<String>>>,
+    /// `X-Sparse-Manifest-Support` from the registry's ping (learnt on first use).
+    sparse: OnceCell<Option<bool>>,
 }
 
 impl Endpoint {
@@ -33,6 +36,7 @@ impl Endpoint {
             repo,
             referrers_api: OnceCell::new(),
             tags: OnceCell::new(),
+            sparse: OnceCell::new(),
         }))
     }
 
@@ -238,8 +242,10 @@ impl Endpoint {
                 .await
                 .map_err(MirrorError::client(what)),
             Endpoint::Layout(l) => {
+                // Opened at offset 0, the stream is verified against the digest as it flows
+                // (registry `get_blob`, layout `open_blob`), so the layout need not hash it again.
                 let stream = open(0).await.map_err(MirrorError::client(what))?;
-                l.write_blob(digest, size, stream).await
+                l.write_verified_blob(digest, size, stream).await
             }
         }
     }
@@ -295,7 +301,7 @@ impl Endpoint {
                 })
                 .await
                 .cloned(),
-            Endpoint::Layout(l) => Ok(Arc::new(l.ref_names().await?)),
+            Endpoint::Layout(l) => l.ref_names_shared().await,
         }
     }
 
@@ -304,11 +310,16 @@ impl Endpoint {
     pub async fn sparse_support(&self) -> Result<Option<bool>, MirrorError> {
         match self {
             Endpoint::Registry(r) => r
-                .client
-                .ping()
+                .sparse
+                .get_or_try_init(|| async {
+                    r.client
+                        .ping()
+                        .await
+                        .map(|p| p.sparse_manifest_support)
+                        .map_err(MirrorError::client(format!("contacting {}", self.describe())))
+                })
                 .await
-                .map(|p| p.sparse_manifest_support)
-                .map_err(MirrorError::client(format!("contacting {}", self.describe()))),
+                .copied(),
             Endpoint::Layout(_) => Ok(Some(true)),
         }
     }

@@ -26,9 +26,15 @@ impl Job<'_> {
         let children = parsed.children();
         let selection = select(children, wanted);
         let present = self.at_source(&selection.selected).await?;
-        let (mut to_copy, mut absent) = (Vec::new(), Vec::new());
+        let (mut to_copy, mut fetched, mut absent) = (Vec::new(), Vec::new(), Vec::new());
         for (d, here) in selection.selected.iter().zip(present) {
-            if here { to_copy.push(d.clone()) } else { absent.push(d.clone()) }
+            match here {
+                Some(m) => {
+                    to_copy.push(d.clone());
+                    fetched.push(m);
+                }
+                None => absent.push(d.clone()),
+            }
         }
         self.check_named_platforms(&index.digest, children, &to_copy, wanted)?;
         image.platforms_copied = labels(&to_copy);
@@ -67,10 +73,6 @@ impl Job<'_> {
         self.count_filtered(&selection.filtered).await?;
 
         let mut tree = Tree::default();
-        let fetched: Vec<RawManifest> = futures_util::stream::iter(to_copy.iter().map(|d| self.fetch(d)))
-            .buffered(self.jobs())
-            .try_collect()
-            .await?;
         for m in fetched {
             self.gather(m, &mut tree).await?;
         }
@@ -110,9 +112,9 @@ impl Job<'_> {
         Ok(pushed)
     }
 
-    /// Which of `children` the source holds.
-    async fn at_source(&self, children: &[Descriptor]) -> Result<Vec<bool>, MirrorError> {
-        futures_util::stream::iter(children.iter().map(|d| self.src.has_manifest(&d.digest)))
+    /// Each of `children` the source holds, fetched; `None` for those it does not.
+    async fn at_source(&self, children: &[Descriptor]) -> Result<Vec<Option<RawManifest>>, MirrorError> {
+        futures_util::stream::iter(children.iter().map(|d| self.fetch_if_present(d)))
             .buffered(self.jobs())
             .try_collect()
             .await

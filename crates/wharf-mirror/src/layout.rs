@@ -33,6 +33,8 @@ pub struct OciLayout {
     index_lock: tokio::sync::Mutex<()>,
     /// subject digest -> referrers, built on first use, dropped when `index.json` changes.
     referrers: std::sync::Mutex<Option<Arc<ReferrersMap>>>,
+    /// The `ref.name`s of `index.json`, read on first use, dropped when `index.json` changes.
+    ref_names: std::sync::Mutex<Option<Arc<Vec<String>>>>,
     /// Whether anything was written since opened (an archive is re-packed only then).
     changed: AtomicBool,
 }
@@ -49,6 +51,7 @@ impl OciLayout {
             root: root.to_owned(),
             index_lock: tokio::sync::Mutex::new(()),
             referrers: std::sync::Mutex::new(None),
+            ref_names: std::sync::Mutex::new(None),
             changed: AtomicBool::new(false),
         }
     }
@@ -127,6 +130,7 @@ impl OciLayout {
             .map_err(MirrorError::io(format!("writing {}/index.json", self.root.display())))?;
         self.changed.store(true, Ordering::Relaxed);
         *self.referrers.lock().expect("not poisoned") = None;
+        *self.ref_names.lock().expect("not poisoned") = None;
         Ok(())
     }
 
@@ -173,12 +177,29 @@ impl OciLayout {
 
     /// Every `ref.name` in `index.json`, in entry order.
     pub async fn ref_names(&self) -> Result<Vec<String>, MirrorError> {
-        Ok(self
-            .entries()
-            .await?
-            .into_iter()
-            .filter_map(|d| d.annotations.and_then(|mut a| a.remove(REF_NAME)))
-            .collect())
+        Ok(self.ref_names_shared().await?.as_ref().clone())
+    }
+
+    /// [`OciLayout::ref_names`], read once and kept until `index.json` is written.
+    pub(crate) async fn ref_names_shared(&self) -> Result<Arc<Vec<String>>, MirrorError> {
+        if let Some(names) = self.ref_names.lock().expect("not poisoned").clone() {
+            return Ok(names);
+        }
+        // Read under the index lock, so that no write (which drops the cache) comes between
+        // the read and the caching.
+        let _guard = self.index_lock.lock().await;
+        if let Some(names) = self.ref_names.lock().expect("not poisoned").clone() {
+            return Ok(names);
+        }
+        let names: Arc<Vec<String>> = Arc::new(
+            self.entries()
+                .await?
+                .into_iter()
+                .filter_map(|d| d.annotations.and_then(|mut a| a.remove(REF_NAME)))
+                .collect(),
+        );
+        *self.ref_names.lock().expect("not poisoned") = Some(names.clone());
+        Ok(names)
     }
 
     pub async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>, MirrorError> {
@@ -230,11 +251,27 @@ impl OciLayout {
     }
 
     /// Write a blob from a stream: temporary file, verified (digest and size), fsynced, renamed.
-    pub async fn write_blob(
+    pub async fn write_blob(&self, digest: &Digest, size: u64, body: ByteStream) -> Result<(), MirrorError> {
+        self.write_blob_checked(digest, size, body, true).await
+    }
+
+    /// [`OciLayout::write_blob`] for a stream that verifies itself against `digest` (ending
+    /// with an error on a mismatch): only its size is checked here, not hashed again.
+    pub(crate) async fn write_verified_blob(
+        &self,
+        digest: &Digest,
+        size: u64,
+        body: ByteStream,
+    ) -> Result<(), MirrorError> {
+        self.write_blob_checked(digest, size, body, false).await
+    }
+
+    async fn write_blob_checked(
         &self,
         digest: &Digest,
         size: u64,
         mut body: ByteStream,
+        hash: bool,
     ) -> Result<(), MirrorError> {
         let dir = self.blob_dir(digest);
         let ctx = || format!("writing blob {digest} into {}", self.root.display());
@@ -243,16 +280,19 @@ impl OciLayout {
             tempfile::Builder::new().prefix(".tmp-").tempfile_in(&dir).map_err(MirrorError::io(ctx()))?;
         let (file, tmp_path) = tmp.into_parts();
         let mut file = tokio::fs::File::from_std(file);
-        let mut hasher = digest.algorithm().hasher();
+        let mut hasher = hash.then(|| digest.algorithm().hasher());
         let mut written = 0u64;
         while let Some(chunk) = body.next().await {
             let chunk =
                 chunk.map_err(MirrorError::client(format!("reading blob {digest} from the source")))?;
-            hasher.update(&chunk);
+            if let Some(h) = hasher.as_mut() {
+                h.update(&chunk);
+            }
             written += chunk.len() as u64;
             file.write_all(&chunk).await.map_err(MirrorError::io(ctx()))?;
         }
-        let actual = hasher.finish();
+        // A self-verifying stream has ended without error: its bytes hash to `digest`.
+        let actual = hasher.map_or_else(|| digest.clone(), |h| h.finish());
         if actual != *digest || written != size {
             return Err(MirrorError::Invalid(format!(
                 "blob {digest} from the source is {written} bytes hashing to {actual} \

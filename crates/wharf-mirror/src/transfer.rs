@@ -24,19 +24,24 @@ pub(crate) struct Tree {
 impl Job<'_> {
     /// Fetch a manifest from the source by digest; absent is an error naming it.
     pub(crate) async fn fetch(&self, desc: &Descriptor) -> Result<RawManifest, MirrorError> {
-        let mut m =
-            self.src.get_manifest(Some(&Reference::Digest(desc.digest.clone()))).await?.ok_or_else(|| {
-                MirrorError::NotFound(format!(
-                    "manifest {} not found in {}",
-                    desc.digest,
-                    self.src.describe()
-                ))
-            })?;
+        self.fetch_if_present(desc).await?.ok_or_else(|| {
+            MirrorError::NotFound(format!("manifest {} not found in {}", desc.digest, self.src.describe()))
+        })
+    }
+
+    /// Fetch a manifest from the source by digest; `None` when the source does not hold it.
+    pub(crate) async fn fetch_if_present(
+        &self,
+        desc: &Descriptor,
+    ) -> Result<Option<RawManifest>, MirrorError> {
+        let Some(mut m) = self.src.get_manifest(Some(&Reference::Digest(desc.digest.clone()))).await? else {
+            return Ok(None);
+        };
         // A layout knows a child's media type only from the descriptor that points at it.
         if matches!(self.src, Endpoint::Layout(_)) && media_types::is_manifest(&desc.media_type) {
             m.media_type = desc.media_type.clone();
         }
-        Ok(m)
+        Ok(Some(m))
     }
 
     /// Add `m` and everything it references (nested indexes whole) to `tree`.
