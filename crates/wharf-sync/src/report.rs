@@ -206,7 +206,8 @@ impl SyncReport {
     }
 }
 
-fn short(d: &Digest) -> String {
+/// `sha256:0123456789ab`: a digest shortened for people.
+pub fn short(d: &Digest) -> String {
     let hex = d.hex();
     format!("{}:{}", d.algorithm().as_str(), &hex[..hex.len().min(12)])
 }

@@ -10,6 +10,7 @@ use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressStyle};
 use wharf_client::{ClientOptions, Credentials};
 use wharf_mirror::{BlobOutcome, CopyOptions, CopyReport, ImageRef, Progress};
 use wharf_oci::{Digest, Platform};
+use wharf_sync::report::short;
 
 /// Copy an image (or some platforms of it), its signatures and other referrers.
 #[derive(clap::Args)]
@@ -184,11 +185,6 @@ impl Output {
             None => eprintln!("{text}"),
         }
     }
-}
-
-fn short(d: &Digest) -> String {
-    let hex = d.hex();
-    format!("{}:{}", d.algorithm().as_str(), &hex[..hex.len().min(12)])
 }
 
 impl Progress for Output {

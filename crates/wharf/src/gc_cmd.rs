@@ -20,7 +20,6 @@
 //! manifest's bytes hash to its digest, and that every blob a manifest references is linked
 //! to its repository. Reports each problem by digest and repository; exits non-zero if any.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -28,22 +27,9 @@ use wharf_metadata::MetadataStore;
 use wharf_registry::{GarbageCollector, GcReport, fsck};
 use wharf_storage::BlobStore;
 
-use crate::config::ServerFile;
-use crate::inspect::human_bytes;
+use wharf_sync::report::human_bytes;
 
-/// Where the stores are: as for `wharf serve`.
-#[derive(Debug, clap::Args)]
-pub struct StoreArgs {
-    /// The server's TOML configuration file (for `data_dir` and `database`); flags override it.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// The server's data directory [default: ./wharf-data].
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// Metadata database: sqlite://PATH or postgres://... [default: SQLite in the data dir].
-    #[arg(long)]
-    database: Option<String>,
-}
+use crate::stores::{Open, StoreArgs};
 
 #[derive(Debug, clap::Args)]
 pub struct GcArgs {
@@ -131,36 +117,9 @@ fn human_gc(r: &GcReport) -> String {
 
 /// Opens the blob store and the metadata store of an existing registry.
 async fn open_stores(args: &StoreArgs) -> anyhow::Result<(BlobStore, MetadataStore)> {
-    let file = match &args.config {
-        Some(path) => ServerFile::load(path)?,
-        None => ServerFile::default(),
-    };
-    let data_dir = args.data_dir.clone().or(file.data_dir.clone()).unwrap_or_else(|| "./wharf-data".into());
-    let storage = data_dir.join("storage");
-    if !storage.is_dir() {
-        bail!(
-            "{} holds no blob storage: give the registry's data directory with --data-dir or --config",
-            data_dir.display()
-        );
-    }
-    let database = match args.database.clone().or(file.database.clone()) {
-        Some(url) => url,
-        None => {
-            let path = data_dir.join("metadata.db");
-            if !path.is_file() {
-                bail!(
-                    "{} does not exist: give the registry's database with --database or --config",
-                    path.display()
-                );
-            }
-            format!("sqlite://{}?mode=rwc", path.display())
-        }
-    };
-    let blobs = BlobStore::open(storage).await.context("opening blob storage")?;
-    let meta = MetadataStore::connect(&database)
-        .await
-        .with_context(|| format!("opening metadata database ({})", crate::serve::redact(&database)))?;
-    Ok((blobs, meta))
+    let file = args.load_config()?;
+    let stores = args.open(&file, Open::Existing).await?;
+    Ok((stores.blobs, stores.meta))
 }
 
 /// `90s`, `30m`, `2h`, `1d`, `1h30m`, `0s`; a bare number is seconds.

@@ -1,13 +1,14 @@
 //! `wharf inspect IMAGE`: an index, each platform present or absent, sizes, referrers.
 //!
 //! Asks Wharf's `/_wharf/index/` extension first; against any other registry it works the
-//! same report out with manifest HEADs and GETs.
+//! same report out with manifest GETs.
 
 use anyhow::{Context, bail};
-use wharf_client::{ClientOptions, RegistryClient};
+use wharf_client::RegistryClient;
 use wharf_mirror::ImageRef;
 use wharf_oci::{Manifest, Reference, RepoName};
 use wharf_registry::{ChildReport, IndexReport, ReferrerReport};
+use wharf_sync::report::human_bytes;
 
 #[derive(Debug, clap::Args)]
 pub struct InspectArgs {
@@ -38,17 +39,7 @@ pub(crate) struct RegistryFlags {
 impl RegistryFlags {
     /// A client for `host` with these flags; credentials from `--creds`, else the auth files.
     pub(crate) fn client(&self, host: &str) -> anyhow::Result<RegistryClient> {
-        let credentials = match &self.creds {
-            Some(c) => Some(wharf_client::Credentials::parse_user_pass(c)?),
-            None => wharf_client::credentials_for(host)?,
-        };
-        let options = ClientOptions {
-            tls_verify: self.tls_verify,
-            credentials,
-            cert_dir: self.cert_dir.clone(),
-            ..ClientOptions::default()
-        };
-        Ok(RegistryClient::new(host, options)?)
+        crate::client::registry_client(host, self.tls_verify, self.creds.as_deref(), self.cert_dir.clone())
     }
 }
 
@@ -110,14 +101,15 @@ async fn worked_out(
     let manifest = Manifest::parse(Some(&raw.media_type), &raw.bytes)?;
     let mut children = Vec::new();
     for child in manifest.children() {
-        let present = client.head_manifest(repo, &Reference::Digest(child.digest.clone())).await?.is_some();
-        let stored_bytes = if present {
-            let m = client.get_manifest(repo, &Reference::Digest(child.digest.clone())).await?;
-            let parsed = Manifest::parse(Some(&m.media_type), &m.bytes)?;
-            Some(child.size + parsed.blobs().iter().map(|b| b.size).sum::<u64>())
-        } else {
-            None
+        let stored_bytes = match client.get_manifest(repo, &Reference::Digest(child.digest.clone())).await {
+            Ok(m) => {
+                let parsed = Manifest::parse(Some(&m.media_type), &m.bytes)?;
+                Some(child.size + parsed.blobs().iter().map(|b| b.size).sum::<u64>())
+            }
+            Err(e) if e.is_not_found() => None,
+            Err(e) => return Err(e.into()),
         };
+        let present = stored_bytes.is_some();
         children.push(ChildReport {
             digest: child.digest.clone(),
             media_type: child.media_type.clone(),
@@ -156,15 +148,9 @@ async fn referrers(
     }
 }
 
-pub(crate) fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[unit]) }
+/// `1.5 MiB`, or `~1.5 MiB` when `exact` is false (an estimate).
+pub(crate) fn approx_bytes(bytes: u64, exact: bool) -> String {
+    if exact { human_bytes(bytes) } else { format!("~{}", human_bytes(bytes)) }
 }
 
 fn print_table(image: &str, r: &IndexReport) {
@@ -200,11 +186,7 @@ fn print_table(image: &str, r: &IndexReport) {
     }
     println!();
     let total = r.present_children + r.absent_children;
-    let full = if r.full_bytes_exact {
-        human_bytes(r.full_bytes)
-    } else {
-        format!("~{}", human_bytes(r.full_bytes))
-    };
+    let full = approx_bytes(r.full_bytes, r.full_bytes_exact);
     println!(
         "  {} of {} children present; {} stored of {} for the full index",
         r.present_children,

@@ -1,11 +1,13 @@
 //! The `wharf` command: a registry (`serve`) and a mirror (`copy`, `sync`, `inspect`).
 
+mod client;
 mod config;
 mod copy_cmd;
 mod gc_cmd;
 mod inspect;
 mod report_cmd;
 mod serve;
+mod stores;
 mod sync_cmd;
 mod upstream;
 

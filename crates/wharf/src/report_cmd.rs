@@ -3,8 +3,9 @@
 
 use anyhow::{Context, bail};
 use wharf_registry::StorageReport;
+use wharf_sync::report::human_bytes;
 
-use crate::inspect::{RegistryFlags, human_bytes};
+use crate::inspect::{RegistryFlags, approx_bytes};
 
 const STORAGE_REPORT_TYPE: &str = "application/vnd.wharf.storage-report";
 
@@ -70,10 +71,6 @@ fn registry_message(body: &[u8]) -> Option<String> {
 }
 
 /// `~` marks an estimate.
-fn approx(bytes: u64, exact: bool) -> String {
-    if exact { human_bytes(bytes) } else { format!("~{}", human_bytes(bytes)) }
-}
-
 fn plural(n: u64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
@@ -109,7 +106,7 @@ fn table(registry: &str, r: &StorageReport) -> String {
                 x.indexes.to_string(),
                 x.sparse_indexes.to_string(),
                 human_bytes(x.linked_blob_bytes),
-                approx(x.linked_blob_bytes + missing, x.full_bytes_exact),
+                approx_bytes(x.linked_blob_bytes + missing, x.full_bytes_exact),
             ));
         }
         let t = &r.totals;
@@ -120,7 +117,7 @@ fn table(registry: &str, r: &StorageReport) -> String {
             t.indexes.to_string(),
             t.sparse_indexes.to_string(),
             human_bytes(t.linked_blob_bytes),
-            approx(t.linked_blob_bytes + missing, t.full_bytes_exact),
+            approx_bytes(t.linked_blob_bytes + missing, t.full_bytes_exact),
         ));
     }
     let t = &r.totals;
@@ -143,7 +140,7 @@ fn table(registry: &str, r: &StorageReport) -> String {
         out.push_str(&format!(
             "  indexes: {} stored of {} for every index complete\n",
             human_bytes(t.present_bytes),
-            approx(t.full_bytes, t.full_bytes_exact)
+            approx_bytes(t.full_bytes, t.full_bytes_exact)
         ));
     }
     if let (Some(n), Some(bytes)) = (t.unlinked_blobs, t.unlinked_blob_bytes)

@@ -4,11 +4,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use wharf_metadata::MetadataStore;
 use wharf_registry::{DEFAULT_GRACE, GarbageCollector, Registry};
-use wharf_storage::BlobStore;
 
-use crate::config::{ServerFile, auth_config, registry_config, tls_config};
+use crate::config::{auth_config, registry_config, tls_config};
+use crate::stores::{Open, StoreArgs, Stores};
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -36,26 +35,15 @@ pub struct ServeArgs {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let file = match &args.config {
-        Some(path) => ServerFile::load(path)?,
-        None => ServerFile::default(),
-    };
+    // The same stores as `gc` and `fsck`; serve's flags keep their own help text.
+    let stores = StoreArgs { config: args.config, data_dir: args.data_dir, database: args.database };
+    let file = stores.load_config()?;
     let addr = args.addr.or(file.addr.clone()).unwrap_or_else(|| "127.0.0.1:5000".into());
-    let data_dir = args.data_dir.or(file.data_dir.clone()).unwrap_or_else(|| "./wharf-data".into());
     let config = registry_config(&file, args.index_policy.as_deref())?;
     let auth = auth_config(&file)?.map(wharf_server::wharf_auth::Authority::new);
     let tls = tls_config(&file, args.tls_cert.as_deref(), args.tls_key.as_deref())?;
 
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("creating data dir {}", data_dir.display()))?;
-    let database = match args.database.or(file.database.clone()) {
-        Some(url) => url,
-        None => format!("sqlite://{}?mode=rwc", data_dir.join("metadata.db").display()),
-    };
-    let blobs = BlobStore::open(data_dir.join("storage")).await.context("opening blob storage")?;
-    let meta = MetadataStore::connect(&database)
-        .await
-        .with_context(|| format!("opening metadata database ({})", redact(&database)))?;
+    let Stores { blobs, meta, data_dir, database } = stores.open(&file, Open::CreateIfMissing).await?;
 
     let policy = &config.index_policy;
     if policy.any_sparse() {

@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use futures_util::TryStreamExt;
-use wharf_client::{ClientError, ClientOptions, Credentials, RegistryClient};
+use wharf_client::{ClientError, RegistryClient};
 use wharf_oci::{Digest, Reference, RepoName};
 use wharf_registry::{BoxFuture, RepoPattern, Upstream, UpstreamManifest, UpstreamRule};
 use wharf_storage::BodyStream;
@@ -110,17 +110,9 @@ pub fn upstream_rules(files: &[UpstreamFile]) -> anyhow::Result<Vec<UpstreamRule
             Some((h, p)) if !p.is_empty() => (h, Some(p.trim_end_matches('/').to_owned())),
             _ => (rest.trim_end_matches('/'), None),
         };
-        let credentials = match &u.credentials {
-            Some(c) => Some(Credentials::parse_user_pass(c).with_context(at)?),
-            None => wharf_client::credentials_for(host).with_context(at)?,
-        };
-        let options = ClientOptions {
-            tls_verify: u.tls_verify,
-            credentials,
-            cert_dir: u.cert_dir.clone(),
-            ..ClientOptions::default()
-        };
-        let client = RegistryClient::new(host, options).with_context(at)?;
+        let client =
+            crate::client::registry_client(host, u.tls_verify, u.credentials.as_deref(), u.cert_dir.clone())
+                .with_context(at)?;
         let strip = u.pattern.split('/').take_while(|s| !s.contains('*')).map(str::to_owned).collect();
         rules.push(UpstreamRule {
             pattern: RepoPattern::new(&u.pattern),
@@ -132,6 +124,8 @@ pub fn upstream_rules(files: &[UpstreamFile]) -> anyhow::Result<Vec<UpstreamRule
 
 #[cfg(test)]
 mod tests {
+    use wharf_client::ClientOptions;
+
     use super::*;
 
     #[test]
