@@ -16,7 +16,8 @@ mod store;
 
 pub use store::MetadataStore;
 pub use store::{
-    BlobLink, BlobTotals, GcTransaction, IndexChildrenBytes, RepoStorage, StorageFigures, UnlinkedReference,
+    BlobLink, BlobTotals, GcTransaction, IndexChildrenBytes, JobLock, RepoStorage, StorageFigures,
+    UnlinkedReference,
 };
 
 use wharf_oci::{Digest, RepoName, Tag};
@@ -25,11 +26,30 @@ use wharf_oci::{Digest, RepoName, Tag};
 #[derive(thiserror::Error, Debug)]
 pub enum MetadataError {
     #[error("metadata database: {0}")]
-    Db(#[from] sqlx::Error),
+    Db(sqlx::Error),
+    /// The database cannot be reached (down, restarting, pool exhausted); retrying may work.
+    #[error("metadata database unavailable: {0}")]
+    Unavailable(sqlx::Error),
     #[error("metadata database holds invalid data: {0}")]
     Corrupt(String),
     #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://...")]
     BadUrl(String),
+}
+
+impl From<sqlx::Error> for MetadataError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_) => MetadataError::Unavailable(e),
+            // PostgreSQL shutting down or restarting (class 57: operator intervention).
+            sqlx::Error::Database(ref db) if db.code().is_some_and(|c| c.starts_with("57")) => {
+                MetadataError::Unavailable(e)
+            }
+            e => MetadataError::Db(e),
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, MetadataError>;

@@ -5,6 +5,7 @@
 mod blobs;
 mod catalog;
 mod gc;
+mod jobs;
 mod manifests;
 mod storage;
 mod uploads;
@@ -20,6 +21,7 @@ use wharf_oci::{Digest, RepoName};
 use crate::{MetadataError, Result, migrate};
 
 pub use gc::{BlobLink, GcTransaction, UnlinkedReference};
+pub use jobs::JobLock;
 pub use storage::{BlobTotals, IndexChildrenBytes, RepoStorage, StorageFigures};
 
 /// Connections of the SQLite read pool: twice the cores, within these bounds. Readers never
@@ -224,8 +226,25 @@ impl MetadataStore {
         }
         conn.execute(format!("CREATE SCHEMA {schema}").as_str()).await?;
         conn.close().await?;
+        let pool = Self::schema_pool(base_url, &schema).await?;
+        Self::finish(pool.clone(), pool, Backend::Postgres, Some(schema)).await
+    }
+
+    /// A second store over an existing schema (one made by
+    /// [`MetadataStore::connect_postgres_isolated`]): what another replica of the registry
+    /// would see. Dropping the schema stays the first store's job.
+    pub async fn connect_postgres_schema(base_url: &str, schema: &str) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        if !schema.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(MetadataError::BadUrl(format!("schema {schema:?}")));
+        }
+        let pool = Self::schema_pool(base_url, schema).await?;
+        Self::finish(pool.clone(), pool, Backend::Postgres, None).await
+    }
+
+    async fn schema_pool(base_url: &str, schema: &str) -> Result<AnyPool> {
         let set_path = format!("SET search_path TO {schema}");
-        let pool = AnyPoolOptions::new()
+        Ok(AnyPoolOptions::new()
             .max_connections(4)
             .after_connect(move |conn, _meta| {
                 let set_path = set_path.clone();
@@ -235,8 +254,7 @@ impl MetadataStore {
                 })
             })
             .connect(base_url)
-            .await?;
-        Self::finish(pool.clone(), pool, Backend::Postgres, Some(schema)).await
+            .await?)
     }
 
     async fn finish(

@@ -79,6 +79,11 @@ impl Digest {
         format!("{}-{}", self.algorithm.as_str(), self.hex)
     }
 
+    /// Parses the [`tag_form`](Self::tag_form) back; `None` if `s` is not one.
+    pub fn from_tag_form(s: &str) -> Option<Digest> {
+        s.replacen('-', ":", 1).parse().ok()
+    }
+
     /// Does `bytes` hash to this digest?
     pub fn verifies(&self, bytes: &[u8]) -> bool {
         Digest::compute(self.algorithm, bytes) == *self

@@ -16,6 +16,8 @@ pub enum ErrorCode {
     Denied,
     Unsupported,
     TooManyRequests,
+    /// A backing service (object store, database) cannot be reached; retry later.
+    Unavailable,
     /// Docker's extension for a `Range`/`Content-Range` that cannot be satisfied.
     RangeInvalid,
 }
@@ -37,6 +39,7 @@ impl ErrorCode {
             ErrorCode::Denied => "DENIED",
             ErrorCode::Unsupported => "UNSUPPORTED",
             ErrorCode::TooManyRequests => "TOOMANYREQUESTS",
+            ErrorCode::Unavailable => "UNAVAILABLE",
             ErrorCode::RangeInvalid => "RANGE_INVALID",
         }
     }

@@ -25,11 +25,12 @@
 //!   is deleted only a whole grace period after gc unlinked it: a push that checked the link
 //!   just before gc removed it (a manifest push, a mount) has that long to finish, and it
 //!   re-creates the link when it does.
-//! - A file to delete is first moved to `gc-trash/` under the storage root, inside the sweep
+//! - A blob to delete is first moved to the store's trash (`gc-trash/` under the storage root,
+//!   or under the bucket's prefix on S3), inside the sweep
 //!   transaction. If its modification time shows it was written or touched since the mark, or
 //!   if the commit fails, it is moved back; if a link to it appears right after the commit (a
 //!   writer that found the file before it moved), it is moved back too. Only then is it
-//!   removed. Files a crash left in `gc-trash/` are put back or removed by the next run.
+//!   removed. Blobs a crash left in the trash are put back or removed by the next run.
 //!
 //! A grace period of zero is only for tests and quiet registries: it gives a push in flight no
 //! time at all.
@@ -40,13 +41,11 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Display;
-use std::io;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use wharf_metadata::MetadataStore;
 use wharf_oci::{Digest, RepoName};
-use wharf_storage::{BlobStore, StorageError};
+use wharf_storage::BlobStore;
 
 use crate::Registry;
 use crate::error::Result;
@@ -58,8 +57,6 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(3600);
 const LINK_BATCH: usize = 256;
 /// Blobs re-checked and deleted per transaction (each moves a file while pushes wait).
 const BLOB_BATCH: usize = 64;
-/// Where files wait between the sweep transaction and their removal, under the storage root.
-const TRASH_DIR: &str = "gc-trash";
 
 /// A blob link garbage collection marked (or removed).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -309,15 +306,10 @@ impl GarbageCollector {
         let now = SystemTime::now();
         let mut out = Vec::with_capacity(digests.len());
         for digest in digests {
-            let size = match tokio::fs::metadata(self.blob_path(&digest)).await {
-                Ok(m) => {
-                    if age(now, m.modified().map_err(StorageError::Io)?) < self.grace {
-                        continue;
-                    }
-                    m.len()
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
-                Err(e) => return Err(StorageError::Io(e).into()),
+            let size = match self.blobs.blob_age(&digest).await? {
+                Some(stored) if age(now, stored.modified) < self.grace => continue,
+                Some(stored) => stored.size,
+                None => 0,
             };
             out.push(BlobCandidate { digest, size });
         }
@@ -332,7 +324,6 @@ impl GarbageCollector {
         if marked.is_empty() {
             return Ok(out);
         }
-        tokio::fs::create_dir_all(self.trash_dir()).await.map_err(StorageError::Io)?;
         for chunk in marked.chunks(BLOB_BATCH) {
             let mut batch: Vec<Digest> = chunk.iter().map(|c| c.digest.clone()).collect();
             while !batch.is_empty() {
@@ -348,12 +339,12 @@ impl GarbageCollector {
                 let mut young = Vec::new();
                 let mut failed = None;
                 for digest in &free {
-                    match self.move_to_trash(digest).await {
+                    match self.blobs.trash(digest).await {
                         Ok(Some(t)) => {
                             if age(now, t.modified) < self.grace {
                                 young.push(digest.clone());
                             }
-                            moved.push(t);
+                            moved.push(Trashed { digest: digest.clone(), len: t.size });
                         }
                         Ok(None) => {}
                         Err(e) => {
@@ -365,19 +356,19 @@ impl GarbageCollector {
                 if failed.is_some() || !young.is_empty() {
                     // Written or unlinked since the mark: put everything back and retry the
                     // batch without those.
-                    restore_all(&moved).await;
+                    self.restore_all(&moved).await;
                     if let Err(e) = tx.rollback().await {
                         tracing::warn!(error = %e, "gc: rollback failed");
                     }
                     if let Some(e) = failed {
-                        return Err(StorageError::Io(e).into());
+                        return Err(e.into());
                     }
                     out.kept.extend(young.iter().cloned());
                     batch = free.into_iter().filter(|d| !young.contains(d)).collect();
                     continue;
                 }
                 if let Err(e) = tx.commit().await {
-                    restore_all(&moved).await;
+                    self.restore_all(&moved).await;
                     return Err(e.into());
                 }
                 // A writer that found the file before it moved may have linked it since.
@@ -385,13 +376,13 @@ impl GarbageCollector {
                 let mut sizes: HashMap<&Digest, u64> = HashMap::new();
                 for t in &moved {
                     let result = if relinked.contains(&t.digest) {
-                        restore(t).await
+                        self.blobs.restore(&t.digest).await
                     } else {
                         sizes.insert(&t.digest, t.len);
-                        remove_quiet(&t.trash).await
+                        self.blobs.purge(&t.digest).await
                     };
                     if let Err(e) = result {
-                        tracing::warn!(digest = %t.digest, trash = %t.trash.display(), error = %e, "gc: trash file");
+                        tracing::warn!(digest = %t.digest, error = %e, "gc: trashed blob");
                     }
                 }
                 for digest in &free {
@@ -415,115 +406,43 @@ impl GarbageCollector {
         Ok(out)
     }
 
-    /// Puts back, or removes, files a crashed run left in the trash: back if the blob has a
+    /// Puts back, or removes, blobs a crashed run left in the trash: back if the blob has a
     /// `blobs` row (the transaction that deleted it did not commit), removed otherwise.
     async fn recover_trash(&self) -> Result<()> {
-        let dir = self.trash_dir();
-        let mut entries = match tokio::fs::read_dir(&dir).await {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(StorageError::Io(e).into()),
-        };
-        let mut found = Vec::new();
-        while let Some(entry) = entries.next_entry().await.map_err(StorageError::Io)? {
-            let name = entry.file_name();
-            if let Some(digest) = name.to_str().and_then(trash_digest) {
-                found.push(digest);
-            }
-        }
+        let found = self.blobs.list_trash().await?;
         if found.is_empty() {
             return Ok(());
         }
         let known: HashSet<Digest> = self.meta.known_blobs(&found).await?.into_iter().collect();
         for digest in found {
-            let t = Trashed {
-                trash: dir.join(trash_name(&digest)),
-                dest: self.blob_path(&digest),
-                len: 0,
-                modified: UNIX_EPOCH,
-                digest,
-            };
+            let restored = known.contains(&digest);
             let result =
-                if known.contains(&t.digest) { restore(&t).await } else { remove_quiet(&t.trash).await };
+                if restored { self.blobs.restore(&digest).await } else { self.blobs.purge(&digest).await };
             match result {
-                Ok(()) => {
-                    tracing::info!(digest = %t.digest, restored = known.contains(&t.digest), "gc: recovered a trash file")
-                }
-                Err(e) => tracing::warn!(digest = %t.digest, error = %e, "gc: cannot recover a trash file"),
+                Ok(()) => tracing::info!(%digest, restored, "gc: recovered a trashed blob"),
+                Err(e) => tracing::warn!(%digest, error = %e, "gc: cannot recover a trashed blob"),
             }
         }
         Ok(())
     }
 
-    /// The file of a blob: `blobs/<algorithm>/<first two hex>/<hex>` under the storage root
-    /// (the layout of `wharf-storage`).
-    fn blob_path(&self, d: &Digest) -> PathBuf {
-        self.blobs.blob_path(d)
-    }
-
-    fn trash_dir(&self) -> PathBuf {
-        self.blobs.root().join(TRASH_DIR)
-    }
-
-    /// Moves the blob's file to the trash. `None` if there is no file.
-    async fn move_to_trash(&self, digest: &Digest) -> io::Result<Option<Trashed>> {
-        let dest = self.blob_path(digest);
-        let trash = self.trash_dir().join(trash_name(digest));
-        match tokio::fs::rename(&dest, &trash).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
+    async fn restore_all(&self, moved: &[Trashed]) {
+        for t in moved {
+            if let Err(e) = self.blobs.restore(&t.digest).await {
+                tracing::error!(digest = %t.digest, error = %e, "gc: cannot put a blob back");
+            }
         }
-        let meta = tokio::fs::metadata(&trash).await?;
-        Ok(Some(Trashed { digest: digest.clone(), trash, dest, len: meta.len(), modified: meta.modified()? }))
     }
 }
 
-/// A blob file moved to the trash.
+/// A blob moved to the trash.
 struct Trashed {
     digest: Digest,
-    trash: PathBuf,
-    dest: PathBuf,
     len: u64,
-    modified: SystemTime,
 }
 
-/// A trashed blob's file name: `sha256-<hex>`, as in the referrers tag schema.
-fn trash_name(d: &Digest) -> String {
-    d.tag_form()
-}
-
-fn trash_digest(name: &str) -> Option<Digest> {
-    name.replacen('-', ":", 1).parse().ok()
-}
-
-/// Moves a trashed file back, unless the blob was stored again meanwhile (same digest, same
-/// bytes): then the trashed copy just goes.
-async fn restore(t: &Trashed) -> io::Result<()> {
-    if tokio::fs::try_exists(&t.dest).await? {
-        return remove_quiet(&t.trash).await;
-    }
-    if let Some(dir) = t.dest.parent() {
-        tokio::fs::create_dir_all(dir).await?;
-    }
-    tokio::fs::rename(&t.trash, &t.dest).await
-}
-
-async fn restore_all(moved: &[Trashed]) {
-    for t in moved {
-        if let Err(e) = restore(t).await {
-            tracing::error!(digest = %t.digest, trash = %t.trash.display(), error = %e, "gc: cannot put a blob file back");
-        }
-    }
-}
-
-async fn remove_quiet(path: &Path) -> io::Result<()> {
-    match tokio::fs::remove_file(path).await {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
-}
-
+/// How long ago `then` was; a time stamped "in the future" (an object store's clock is not
+/// this machine's) counts as now.
 fn age(now: SystemTime, then: SystemTime) -> Duration {
     now.duration_since(then).unwrap_or(Duration::ZERO)
 }
@@ -535,17 +454,6 @@ fn unix_now() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn trash_names_round_trip() {
-        let d = Digest::sha256_of(b"x");
-        assert_eq!(trash_digest(&trash_name(&d)), Some(d));
-        let d = Digest::compute(wharf_oci::Algorithm::Sha512, b"x");
-        assert_eq!(trash_digest(&trash_name(&d)), Some(d));
-        assert_eq!(trash_digest("sha256-nothex"), None);
-        assert_eq!(trash_digest("md5-abcd"), None);
-        assert_eq!(trash_digest("junk"), None);
-    }
 
     #[test]
     fn summary_reads() {

@@ -96,6 +96,16 @@ impl Registry {
         }
     }
 
+    /// Where a client may fetch a blob linked to `repo` straight from the object store (S3 with
+    /// `redirect = true`); `None` when blobs are served through the registry.
+    pub async fn blob_redirect(&self, repo: &RepoName, digest: &Digest) -> Result<Option<String>> {
+        if !self.inner.blobs.redirects() {
+            return Ok(None);
+        }
+        self.blob_size(repo, digest).await?;
+        Ok(self.inner.blobs.redirect_url(digest).await?)
+    }
+
     /// Read a blob linked to `repo`, optionally a byte range (inclusive).
     pub async fn read_blob(
         &self,

@@ -41,6 +41,13 @@ pub async fn get(
         let size = reg.blob_size(repo, digest).await?;
         return Ok(blob_headers(StatusCode::OK, digest, size, Body::empty()));
     }
+    if body && let Some(url) = reg.blob_redirect(repo, digest).await? {
+        // The client fetches the bytes (and any Range) from the object store directly.
+        let mut resp = StatusCode::TEMPORARY_REDIRECT.into_response();
+        resp.headers_mut().insert(header::LOCATION, hv(&url));
+        resp.headers_mut().insert(CONTENT_DIGEST, hv(&digest.to_string()));
+        return Ok(resp);
+    }
     let read = reg.read_blob(repo, digest, range).await?;
     let status = if range.is_some() { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
     let len = read.len;

@@ -3,8 +3,13 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use wharf_metadata::MetadataError;
 use wharf_oci::ErrorCode;
 use wharf_registry::RegistryError;
+use wharf_storage::StorageError;
+
+/// What a 503 asks clients to wait before retrying.
+const RETRY_AFTER_SECS: u32 = 2;
 
 /// One entry of `{"errors":[…]}`.
 #[derive(Debug, serde::Serialize)]
@@ -20,6 +25,8 @@ pub struct ErrorEntry {
 pub struct ApiError {
     pub status: StatusCode,
     pub errors: Vec<ErrorEntry>,
+    /// Seconds for a `Retry-After` header (503 while a backing service is away).
+    pub retry_after: Option<u32>,
 }
 
 impl ApiError {
@@ -31,6 +38,7 @@ impl ApiError {
                 message: message.into(),
                 detail: serde_json::Value::Null,
             }],
+            retry_after: None,
         }
     }
 
@@ -57,6 +65,17 @@ impl From<RegistryError> for ApiError {
             E::ManifestBlobUnknown { .. } => (StatusCode::BAD_REQUEST, ErrorCode::ManifestBlobUnknown),
             E::IndexChildrenMissing { .. } => (StatusCode::BAD_REQUEST, ErrorCode::ManifestBlobUnknown),
             E::Unsupported(_) => (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::Unsupported),
+            E::Storage(StorageError::Unavailable(_)) | E::Metadata(MetadataError::Unavailable(_)) => {
+                // Nothing was changed; the client should retry once the service is back.
+                tracing::warn!(error = %e, "backing service unavailable");
+                let mut err = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ErrorCode::Unavailable,
+                    format!("{e}; nothing was changed, retry later"),
+                );
+                err.retry_after = Some(RETRY_AFTER_SECS);
+                return err;
+            }
             E::Storage(_) | E::Metadata(_) => {
                 tracing::error!(error = %e, "internal error");
                 return ApiError::new(
@@ -100,7 +119,7 @@ impl From<RegistryError> for ApiError {
                 detail: serde_json::Value::Null,
             }],
         };
-        ApiError { status, errors }
+        ApiError { status, errors, retry_after: None }
     }
 }
 
@@ -109,6 +128,9 @@ impl IntoResponse for ApiError {
         let body = serde_json::json!({ "errors": self.errors });
         let mut resp = (self.status, body.to_string()).into_response();
         resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         resp
     }
 }

@@ -19,6 +19,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use axum::serve::ListenerExt;
 use futures_util::TryStreamExt;
 use wharf_oci::{ErrorCode, NameError, Route, RouteError};
 use wharf_registry::Registry;
@@ -93,7 +94,17 @@ pub async fn serve_with_tls(
 ) -> std::io::Result<()> {
     let router = router_with_auth(registry, auth);
     match tls {
-        None => axum::serve(listener, router).with_graceful_shutdown(shutdown).await,
+        None => {
+            // Headers and a small body are separate writes: without TCP_NODELAY, Nagle's
+            // algorithm holds the second one until the client's delayed ACK (~40 ms) on every
+            // kept-alive request for a config, a signature or a small layer.
+            let listener = listener.tap_io(|tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "could not set TCP_NODELAY");
+                }
+            });
+            axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+        }
         Some(tls) => {
             // Requests came over https: say so where the scheme of this server is advertised
             // (the default token realm), unless a proxy in front already did.

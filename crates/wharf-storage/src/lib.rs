@@ -1,6 +1,7 @@
-//! Content-addressed filesystem blob store and resumable upload sessions.
+//! Content-addressed blob store and resumable upload sessions, on the filesystem (the default)
+//! or in an S3-compatible bucket (`s3.rs`), behind one [`BlobStore`].
 //!
-//! Layout under the root directory:
+//! Filesystem layout under the root directory:
 //!
 //! ```text
 //! blobs/<algorithm>/<first two hex>/<hex>   committed, verified blobs
@@ -13,21 +14,25 @@
 //! verified. Memory use does not depend on blob size: bodies are written in batches of at most
 //! [`WRITE_BATCH`] bytes with one batch in flight on the blocking pool while the next is hashed.
 
+mod blob_store;
 mod fs;
 mod read;
+mod s3;
 mod spool;
 mod store;
+mod trash;
 mod upload;
 
 use std::fmt;
 use std::pin::Pin;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures_util::Stream;
 use wharf_oci::Digest;
 
-pub use store::BlobStore;
+pub use blob_store::BlobStore;
+pub use s3::S3Config;
 
 /// Incoming bytes are coalesced into writes of this size (larger chunks are written as they are).
 pub const WRITE_BATCH: usize = 1 << 20;
@@ -56,6 +61,16 @@ pub enum StorageError {
     /// The incoming stream failed (for example, the client went away).
     #[error("upload body: {0}")]
     Body(String),
+    /// The object store cannot be reached or refused the request; retrying later may work.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// A stored blob's size and when it was written or last touched (garbage collection's clock).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobAge {
+    pub size: u64,
+    pub modified: SystemTime,
 }
 
 /// A stream of body bytes, incoming (uploads) or outgoing (reads).

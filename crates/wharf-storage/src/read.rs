@@ -1,4 +1,4 @@
-//! The read-ahead reader behind [`BlobStore::read`](crate::BlobStore::read).
+//! The read-ahead reader behind [`FsStore::read`](crate::FsStore::read).
 
 use std::fs::File as StdFile;
 use std::io::{self, Read, Seek, SeekFrom};

@@ -19,7 +19,7 @@ use crate::{BlobRead, BodyStream, StorageError};
 
 /// Filesystem blob store. Cheap to clone; clones share upload-session state.
 #[derive(Clone)]
-pub struct BlobStore {
+pub struct FsStore {
     pub(crate) inner: Arc<Inner>,
 }
 
@@ -33,13 +33,13 @@ pub(crate) struct Inner {
     pub(crate) sessions: SyncMutex<HashMap<String, Arc<Mutex<Session>>>>,
 }
 
-impl fmt::Debug for BlobStore {
+impl fmt::Debug for FsStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BlobStore").field("root", &self.inner.root).finish()
+        f.debug_struct("FsStore").field("root", &self.inner.root).finish()
     }
 }
 
-impl BlobStore {
+impl FsStore {
     /// Open (creating if needed) a store rooted at `root`.
     pub async fn open(root: impl Into<PathBuf>) -> Result<Self, StorageError> {
         let root = root.into();
@@ -62,7 +62,7 @@ impl BlobStore {
             Ok(())
         })
         .await?;
-        Ok(BlobStore { inner: Arc::new(inner) })
+        Ok(FsStore { inner: Arc::new(inner) })
     }
 
     /// The directory this store lives in.
@@ -261,7 +261,7 @@ mod tests {
 
     #[test]
     fn futures_are_send() {
-        fn check(store: BlobStore, d: Digest, body: BodyStream) {
+        fn check(store: FsStore, d: Digest, body: BodyStream) {
             assert_send(&store.put_stream(&d, body));
             let body: BodyStream = Box::pin(futures_util::stream::empty());
             assert_send(&store.append("x", None, body));
@@ -270,6 +270,6 @@ mod tests {
         }
         let _ = check;
         fn sync<T: Send + Sync + Clone>() {}
-        sync::<BlobStore>();
+        sync::<FsStore>();
     }
 }

@@ -13,16 +13,41 @@ use wharf_oci::{Algorithm, Digest, DigestHasher};
 
 use crate::fs::{blocking, remove_dir_all_quiet};
 use crate::spool::{Cleanup, Spool, pump};
-use crate::store::{BlobStore, Inner};
+use crate::store::{FsStore, Inner};
 use crate::{BodyStream, HASH_BUF, StorageError};
 
 #[derive(Default)]
 pub(crate) struct Session {
-    /// Hash of the first `.1` bytes of the upload's data file.
+    /// Hash of the first `.1` bytes of the upload's data.
     hasher: Option<(DigestHasher, u64)>,
 }
 
-impl BlobStore {
+impl Session {
+    /// A new upload: nothing received, sha256 until a commit says otherwise.
+    pub(crate) fn fresh() -> Session {
+        Session { hasher: Some((Algorithm::Sha256.hasher(), 0)) }
+    }
+
+    /// The hash state, if it covers exactly the first `size` bytes.
+    pub(crate) fn hash_covering(&self, size: u64) -> Option<&DigestHasher> {
+        match &self.hasher {
+            Some((h, covered)) if *covered == size => Some(h),
+            _ => None,
+        }
+    }
+
+    /// A copy of the hash state to continue after `size` bytes, if it covers exactly those.
+    pub(crate) fn continue_hash(&self, size: u64) -> Option<DigestHasher> {
+        self.hash_covering(size).cloned()
+    }
+
+    /// Record the hash state after an append (`None`: unknown, commit re-hashes).
+    pub(crate) fn set_hash(&mut self, hasher: Option<DigestHasher>, size: u64) {
+        self.hasher = hasher.map(|h| (h, size));
+    }
+}
+
+impl FsStore {
     /// Start a resumable upload; returns its id (a lowercase hyphenated uuid v4).
     pub async fn create_upload(&self) -> Result<String, StorageError> {
         let id = Uuid::new_v4().hyphenated().to_string();
@@ -33,7 +58,7 @@ impl BlobStore {
             Ok(())
         })
         .await?;
-        let session = Session { hasher: Some((Algorithm::Sha256.hasher(), 0)) };
+        let session = Session::fresh();
         self.inner.sessions_map().insert(id.clone(), Arc::new(Mutex::new(session)));
         Ok(id)
     }
@@ -90,10 +115,7 @@ impl BlobStore {
             return Err(StorageError::OffsetMismatch { expected: start, actual: size });
         }
         // Continue the hash only if it covers exactly what is on disk; otherwise commit re-hashes.
-        let mut hasher = match &guard.hasher {
-            Some((h, covered)) if *covered == size => Some(h.clone()),
-            _ => None,
-        };
+        let mut hasher = guard.continue_hash(size);
         let mut spool = Spool::new(file, size, Cleanup::Truncate(data, size), Some(guard));
         let n = match pump(&mut body, hasher.as_mut(), &mut spool).await {
             Ok(n) => n,
@@ -105,7 +127,7 @@ impl BlobStore {
         let (_file, guard) = spool.finish().await?;
         let new_size = size + n;
         if let Some(mut guard) = guard {
-            guard.hasher = hasher.map(|h| (h, new_size));
+            guard.set_hash(hasher, new_size);
         }
         Ok(new_size)
     }
@@ -131,12 +153,11 @@ impl BlobStore {
                 Err(e) => return Err(e.into()),
             };
             let size = file.metadata()?.len();
-            let actual = match &guard.hasher {
-                Some((h, covered)) if *covered == size && hasher_algorithm(h) == expected.algorithm() => {
-                    h.clone().finish()
-                }
-                _ => rehash(&file, expected.algorithm())?,
-            };
+            let actual =
+                match guard.hash_covering(size).filter(|h| hasher_algorithm(h) == expected.algorithm()) {
+                    Some(h) => h.clone().finish(),
+                    None => rehash(&file, expected.algorithm())?,
+                };
             if actual != expected {
                 return Err(StorageError::DigestMismatch { expected, actual });
             }
@@ -234,14 +255,14 @@ impl Inner {
     }
 }
 
-fn validate_id(id: &str) -> Result<(), StorageError> {
+pub(crate) fn validate_id(id: &str) -> Result<(), StorageError> {
     match Uuid::try_parse(id) {
         Ok(u) if u.hyphenated().to_string() == id => Ok(()),
         _ => Err(StorageError::UploadUnknown(id.chars().take(80).collect())),
     }
 }
 
-fn hasher_algorithm(h: &DigestHasher) -> Algorithm {
+pub(crate) fn hasher_algorithm(h: &DigestHasher) -> Algorithm {
     match h {
         DigestHasher::Sha256(_) => Algorithm::Sha256,
         DigestHasher::Sha512(_) => Algorithm::Sha512,

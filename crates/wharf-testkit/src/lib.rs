@@ -1,6 +1,8 @@
 //! Test helpers for Wharf, all over real components (no mocks):
 //!
 //! - [`free_port`] and [`require_tool`];
+//! - [`Garage`]: a real S3-compatible object store (one node, a bucket and a key);
+//! - [`Nginx`]: a round-robin load balancer in front of several registries;
 //! - [`Distribution`]: a real CNCF distribution 2.8 (Debian's `docker-registry`) on loopback,
 //!   optionally behind htpasswd basic auth or the Docker token flow (with a token issuer);
 //! - [`TestImage`]: deterministic multi-platform images (OCI or Docker media types) with real
@@ -14,7 +16,9 @@
 //! tool, a registry that does not start) with a message that says what to do.
 
 mod distribution;
+mod garage;
 mod image;
+mod nginx;
 mod push;
 pub mod sign;
 mod token;
@@ -28,10 +32,12 @@ use std::path::PathBuf;
 use sha2::{Digest as _, Sha256};
 
 pub use distribution::{Distribution, htpasswd_line};
+pub use garage::{GARAGE_REGION, GARAGE_VERSION, Garage, garage_binary};
 pub use image::{
     Blob, Descriptor, ImageChild, Manifest, MediaTypes, Platform, REF_NAME, TestImage, TestImageBuilder,
     add_layout_ref, media_type, tar_layout, write_layout_blobs,
 };
+pub use nginx::Nginx;
 pub use push::{ACCEPT_ALL_MANIFESTS, PushError, RegistryClient};
 pub use token::{TOKEN_ISSUER, TOKEN_SERVICE, TokenIssuer};
 pub use tools::{Podman, run_fails, run_ok, run_output, skopeo, skopeo_inspect_raw};
@@ -78,6 +84,7 @@ fn debian_package(tool: &str) -> &str {
     match tool {
         "htpasswd" => "apache2-utils",
         "openssl" => "openssl",
+        "nginx" => "nginx-light",
         other => other,
     }
 }

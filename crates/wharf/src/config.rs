@@ -31,6 +31,88 @@ pub struct ServerFile {
     pub auth: Option<AuthFile>,
     /// Serve HTTPS; absent: plain HTTP.
     pub tls: Option<TlsFile>,
+    /// Where blobs live; absent: files under `data_dir`.
+    pub storage: Option<StorageFile>,
+}
+
+/// `[storage]`: the filesystem (default) or an S3-compatible bucket shared by every replica.
+#[derive(Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageFile {
+    /// "filesystem" (default) or "s3".
+    pub kind: Option<String>,
+    pub bucket: Option<String>,
+    /// Any S3-compatible service (path-style requests); absent: AWS.
+    pub endpoint: Option<String>,
+    /// [default: us-east-1]; Garage wants its `s3_region`.
+    pub region: Option<String>,
+    /// Key prefix inside the bucket.
+    pub prefix: Option<String>,
+    /// [default: $AWS_ACCESS_KEY_ID]
+    pub access_key_id: Option<String>,
+    /// [default: $AWS_SECRET_ACCESS_KEY]
+    pub secret_access_key: Option<String>,
+    /// Answer blob GETs with `307` to a presigned URL of the object store.
+    #[serde(default)]
+    pub redirect: bool,
+}
+
+impl std::fmt::Debug for StorageFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorageFile")
+            .field("kind", &self.kind)
+            .field("bucket", &self.bucket)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("prefix", &self.prefix)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &self.secret_access_key.as_ref().map(|_| "<redacted>"))
+            .field("redirect", &self.redirect)
+            .finish()
+    }
+}
+
+impl StorageFile {
+    /// The bucket settings for `kind = "s3"`; `None` for the filesystem.
+    pub fn s3_config(&self) -> anyhow::Result<Option<wharf_storage::S3Config>> {
+        match self.kind.as_deref() {
+            None | Some("filesystem") => {
+                if self.bucket.is_some() || self.endpoint.is_some() {
+                    bail!("[storage] names a bucket or endpoint but not kind = \"s3\"");
+                }
+                Ok(None)
+            }
+            Some("s3") => {
+                let bucket = self
+                    .bucket
+                    .clone()
+                    .filter(|b| !b.is_empty())
+                    .context("[storage] kind = \"s3\" needs `bucket`")?;
+                let from_env = |v: &Option<String>, var: &str| {
+                    v.clone().or_else(|| std::env::var(var).ok()).filter(|s| !s.is_empty())
+                };
+                let access_key_id = from_env(&self.access_key_id, "AWS_ACCESS_KEY_ID")
+                    .context("[storage] needs `access_key_id` (or $AWS_ACCESS_KEY_ID)")?;
+                let secret_access_key = from_env(&self.secret_access_key, "AWS_SECRET_ACCESS_KEY")
+                    .context("[storage] needs `secret_access_key` (or $AWS_SECRET_ACCESS_KEY)")?;
+                if let Some(endpoint) = &self.endpoint
+                    && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+                {
+                    bail!("[storage] endpoint {endpoint:?} must start with http:// or https://");
+                }
+                Ok(Some(wharf_storage::S3Config {
+                    bucket,
+                    endpoint: self.endpoint.clone(),
+                    region: self.region.clone().unwrap_or_else(|| "us-east-1".into()),
+                    prefix: self.prefix.clone().unwrap_or_default(),
+                    access_key_id,
+                    secret_access_key,
+                    redirect: self.redirect,
+                }))
+            }
+            Some(other) => bail!("[storage] kind {other:?} is unknown: use \"filesystem\" or \"s3\""),
+        }
+    }
 }
 
 /// `[tls]`: PEM files (`--tls-cert`, `--tls-key` override them).

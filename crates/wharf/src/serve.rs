@@ -61,6 +61,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             where_.join(", ")
         );
     }
+    let blob_store = blobs.describe();
     let registry = Registry::new(blobs, meta, config);
     log_auth(auth.as_ref(), tls.is_some());
 
@@ -77,7 +78,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
     let scheme = if tls.is_some() { "https" } else { "http" };
-    tracing::info!(addr = %listener.local_addr()?, scheme, data_dir = %data_dir.display(), metadata = %redact(&database), "wharf registry listening");
+    tracing::info!(addr = %listener.local_addr()?, scheme, data_dir = %data_dir.display(), blobs = %blob_store, metadata = %redact(&database), "wharf registry listening");
     wharf_server::serve_with_tls(listener, registry, auth, tls, shutdown_signal()).await?;
     tracing::info!("shut down cleanly");
     Ok(())
@@ -132,15 +133,33 @@ pub(crate) fn redact(url: &str) -> String {
     }
 }
 
+/// Takes the named job lock (held by at most one replica sharing the database); `None` when
+/// another replica holds it, or the database cannot say.
+async fn job_lock(registry: &Registry, job: &str) -> Option<wharf_metadata::JobLock> {
+    match registry.metadata().try_job_lock(job).await {
+        Ok(Some(lock)) => Some(lock),
+        Ok(None) => {
+            tracing::debug!(job, "another replica runs this job now; skipped here");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(job, error = %e, "cannot take the job lock; skipped");
+            None
+        }
+    }
+}
+
 async fn expire_uploads(registry: Registry, older_than: Duration) {
     let mut tick = tokio::time::interval(Duration::from_secs(600));
     loop {
         tick.tick().await;
+        let Some(lock) = job_lock(&registry, "upload-expiry").await else { continue };
         match registry.expire_uploads(older_than).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(removed = n, "expired abandoned uploads"),
             Err(e) => tracing::warn!(error = %e, "expiring uploads failed"),
         }
+        lock.release().await;
     }
 }
 
@@ -152,7 +171,10 @@ async fn collect_garbage(registry: Registry, every: Duration) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        match gc.run(false).await {
+        let Some(lock) = job_lock(&registry, "gc").await else { continue };
+        let result = gc.run(false).await;
+        lock.release().await;
+        match result {
             Ok(r) => tracing::info!(
                 links_removed = r.links_removed,
                 blobs_deleted = r.blobs_deleted,

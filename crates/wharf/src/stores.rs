@@ -55,10 +55,11 @@ impl StoreArgs {
         let data_dir =
             self.data_dir.clone().or(file.data_dir.clone()).unwrap_or_else(|| "./wharf-data".into());
         let storage = data_dir.join("storage");
+        let on_s3 = file.storage.as_ref().is_some_and(|s| s.kind.as_deref() == Some("s3"));
         match mode {
             Open::CreateIfMissing => std::fs::create_dir_all(&data_dir)
                 .with_context(|| format!("creating data dir {}", data_dir.display()))?,
-            Open::Existing if !storage.is_dir() => bail!(
+            Open::Existing if !on_s3 && !storage.is_dir() => bail!(
                 "{} holds no blob storage: give the registry's data directory with --data-dir or --config",
                 data_dir.display()
             ),
@@ -78,7 +79,15 @@ impl StoreArgs {
                 format!("sqlite://{}", path.display())
             }
         };
-        let blobs = BlobStore::open(storage).await.context("opening blob storage")?;
+        let s3 = match &file.storage {
+            Some(storage) => storage.s3_config()?,
+            None => None,
+        };
+        let blobs = match s3 {
+            // The bucket is checked here: a wrong key or a missing bucket stops the start.
+            Some(s3) => BlobStore::open_s3(s3).await.context("opening blob storage")?,
+            None => BlobStore::open(storage).await.context("opening blob storage")?,
+        };
         let meta = MetadataStore::connect(&database)
             .await
             .with_context(|| format!("opening metadata database ({})", redact(&database)))?;

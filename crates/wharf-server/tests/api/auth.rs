@@ -5,13 +5,11 @@
 use reqwest::header::WWW_AUTHENTICATE;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
-use wharf_metadata::MetadataStore;
 use wharf_oci::Digest;
-use wharf_registry::{Registry, RegistryConfig};
+use wharf_registry::RegistryConfig;
 use wharf_server::wharf_auth::{AuthConfig, Authority, Htpasswd, Rule, TokenKey, TokenSettings};
-use wharf_storage::BlobStore;
 
-use crate::harness::{Backend, OCI_MANIFEST, expect_error, postgres_url};
+use crate::harness::{AuthFactory, Backend, OCI_MANIFEST, Server, expect_error};
 
 crate::backend_tests!(
     basic_anonymous_pulls_public_repositories_only,
@@ -48,6 +46,16 @@ pub(crate) fn auth_config(token: bool) -> AuthConfig {
     }
 }
 
+/// Basic auth against the htpasswd users.
+pub(crate) fn basic_auth() -> AuthConfig {
+    auth_config(false)
+}
+
+/// The Docker token flow, every replica signing with the same key.
+pub(crate) fn token_auth() -> AuthConfig {
+    auth_config(true)
+}
+
 /// Decodes tokens of the server under test (same key).
 fn verifier() -> Authority {
     Authority::new(auth_config(true))
@@ -56,16 +64,7 @@ fn verifier() -> Authority {
 pub(crate) struct AuthServer {
     pub(crate) base: String,
     client: reqwest::Client,
-    _dir: tempfile::TempDir,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl Drop for AuthServer {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-    }
+    _server: Server,
 }
 
 #[derive(Clone)]
@@ -76,35 +75,9 @@ pub(crate) enum Creds {
 }
 
 impl AuthServer {
-    pub(crate) async fn start(backend: Backend, config: AuthConfig) -> AuthServer {
-        let dir = tempfile::tempdir().unwrap();
-        let blobs = BlobStore::open(dir.path().join("storage")).await.unwrap();
-        let meta = match backend {
-            Backend::Sqlite => {
-                MetadataStore::connect(&format!("sqlite://{}?mode=rwc", dir.path().join("meta.db").display()))
-                    .await
-                    .unwrap()
-            }
-            Backend::Postgres => MetadataStore::connect_postgres_isolated(&postgres_url()).await.unwrap(),
-        };
-        let registry = Registry::new(blobs, meta, RegistryConfig::default());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let authority = Authority::new(config);
-        tokio::spawn(async move {
-            wharf_server::serve_with_auth(listener, registry, Some(authority), async {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
-        });
-        AuthServer {
-            base: format!("http://{addr}"),
-            client: reqwest::Client::new(),
-            _dir: dir,
-            shutdown: Some(tx),
-        }
+    pub(crate) async fn start(backend: Backend, auth: AuthFactory) -> AuthServer {
+        let server = Server::start_full(backend, RegistryConfig::default(), Some(auth)).await;
+        AuthServer { base: server.base.clone(), client: reqwest::Client::new(), _server: server }
     }
 
     pub(crate) fn req(&self, method: Method, path: &str, creds: &Creds) -> reqwest::RequestBuilder {
@@ -181,7 +154,7 @@ pub(crate) const DEV: Creds = Creds::Basic("dev", "devpw");
 pub(crate) const ANON: Creds = Creds::Anonymous;
 
 async fn basic_anonymous_pulls_public_repositories_only(backend: Backend) {
-    let s = AuthServer::start(backend, auth_config(false)).await;
+    let s = AuthServer::start(backend, basic_auth).await;
     let (digest, layer) = s.push_image("public/app", "v1", &CI).await;
     s.push_image("private/app", "v1", &CI).await;
 
@@ -222,7 +195,7 @@ async fn basic_anonymous_pulls_public_repositories_only(backend: Backend) {
 }
 
 async fn basic_push_needs_the_right_user(backend: Backend) {
-    let s = AuthServer::start(backend, auth_config(false)).await;
+    let s = AuthServer::start(backend, basic_auth).await;
     let start = "/v2/public/app/blobs/uploads/";
     // No credentials: 401 with the basic challenge.
     expect_401(s.send(Method::POST, start, &ANON).await, BASIC).await;
@@ -261,7 +234,7 @@ async fn basic_push_needs_the_right_user(backend: Backend) {
 }
 
 async fn basic_delete_is_for_admins(backend: Backend) {
-    let s = AuthServer::start(backend, auth_config(false)).await;
+    let s = AuthServer::start(backend, basic_auth).await;
     let (digest, layer) = s.push_image("public/app", "v1", &CI).await;
     let manifest = format!("/v2/public/app/manifests/{digest}");
     expect_401(s.send(Method::DELETE, &manifest, &ANON).await, BASIC).await;
@@ -288,7 +261,7 @@ async fn catalog(s: &AuthServer, creds: &Creds, query: &str) -> (Vec<String>, Op
 }
 
 async fn basic_catalog_lists_what_the_user_may_pull(backend: Backend) {
-    let s = AuthServer::start(backend, auth_config(false)).await;
+    let s = AuthServer::start(backend, basic_auth).await;
     s.push_image("public/a", "v1", &CI).await;
     s.push_image("private/b", "v1", &CI).await;
     s.push_image("team/c", "v1", &DEV).await;
@@ -308,7 +281,7 @@ async fn basic_catalog_lists_what_the_user_may_pull(backend: Backend) {
 }
 
 async fn mount_from_an_unreadable_repository_opens_an_upload(backend: Backend) {
-    let s = AuthServer::start(backend, auth_config(false)).await;
+    let s = AuthServer::start(backend, basic_auth).await;
     let (_, team_layer) = s.push_image("team/c", "v1", &DEV).await;
     let (_, private_layer) = s.push_image("private/b", "v1", &CI).await;
     // ci may not read team/c: no mount, an upload session instead (never a 403).
@@ -333,7 +306,7 @@ async fn mount_from_an_unreadable_repository_opens_an_upload(backend: Backend) {
 }
 
 async fn token_challenges_have_the_docker_shape(backend: Backend) {
-    let s = AuthServer::start(backend, auth_config(true)).await;
+    let s = AuthServer::start(backend, token_auth).await;
     let host = s.base.trim_start_matches("http://");
     let realm = format!("Bearer realm=\"http://{host}/token\",service=\"wharf\"");
     expect_401(s.send(Method::GET, "/v2/", &ANON).await, &realm).await;
@@ -370,11 +343,14 @@ async fn token_challenges_have_the_docker_shape(backend: Backend) {
         "Bearer realm=\"https://registry.example.com:5000/token\",service=\"wharf\""
     );
     // A configured realm and service win.
-    let mut config = auth_config(true);
-    let t = config.token.as_mut().unwrap();
-    t.realm = Some("https://auth.example.com/token".into());
-    t.service = "registry.example.com".into();
-    let s2 = AuthServer::start(backend, config).await;
+    fn with_realm() -> AuthConfig {
+        let mut config = auth_config(true);
+        let t = config.token.as_mut().unwrap();
+        t.realm = Some("https://auth.example.com/token".into());
+        t.service = "registry.example.com".into();
+        config
+    }
+    let s2 = AuthServer::start(backend, with_realm).await;
     let resp = s2.send(Method::GET, "/v2/public/a/tags/list", &Creds::Basic("ci", "wrong")).await;
     assert_eq!(
         challenge(&resp),
@@ -383,7 +359,7 @@ async fn token_challenges_have_the_docker_shape(backend: Backend) {
 }
 
 async fn token_endpoint_grants_the_intersection(backend: Backend) {
-    let s = AuthServer::start(backend, auth_config(true)).await;
+    let s = AuthServer::start(backend, token_auth).await;
     let v = verifier();
     let resp = s
         .req(Method::GET, "/token", &CI)
@@ -440,7 +416,7 @@ async fn token_endpoint_grants_the_intersection(backend: Backend) {
 }
 
 async fn bearer_tokens_authorize_by_scope(backend: Backend) {
-    let s = AuthServer::start(backend, auth_config(true)).await;
+    let s = AuthServer::start(backend, token_auth).await;
     let host = s.base.trim_start_matches("http://");
     let realm = format!("Bearer realm=\"http://{host}/token\",service=\"wharf\"");
     let ci = Creds::Bearer(s.token(&CI, &["repository:public/app:pull,push"]).await);
@@ -493,7 +469,7 @@ async fn bearer_tokens_authorize_by_scope(backend: Backend) {
 }
 
 async fn token_catalog_needs_its_scope_and_is_filtered(backend: Backend) {
-    let s = AuthServer::start(backend, auth_config(true)).await;
+    let s = AuthServer::start(backend, token_auth).await;
     let host = s.base.trim_start_matches("http://");
     let realm = format!("Bearer realm=\"http://{host}/token\",service=\"wharf\"");
     s.push_image("public/a", "v1", &CI).await;

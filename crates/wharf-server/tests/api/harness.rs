@@ -5,27 +5,103 @@ use serde_json::Value;
 use wharf_metadata::MetadataStore;
 use wharf_oci::Digest;
 use wharf_registry::{Registry, RegistryConfig};
+use wharf_server::wharf_auth::{AuthConfig, Authority};
 use wharf_storage::BlobStore;
 
 #[derive(Clone, Copy, Debug)]
 pub enum Backend {
     Sqlite,
     Postgres,
+    /// Two replicas, each with its own stores (connection pools, upload state, caches) over one
+    /// Garage bucket and one PostgreSQL schema, behind nginx round-robin: every other request
+    /// reaches the other replica.
+    Replicas,
 }
 
 pub struct Server {
+    /// Where requests go: the registry, or the balancer in front of the replicas.
     pub base: String,
     pub client: reqwest::Client,
+    /// The (first) replica's registry.
     pub registry: Registry,
     _dir: tempfile::TempDir,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    shutdown: Vec<tokio::sync::oneshot::Sender<()>>,
+    /// Kept alive for the test: nginx first, so it goes before what it balances.
+    _nginx: Option<wharf_testkit::Nginx>,
+    _garage: Option<wharf_testkit::Garage>,
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
+        for tx in self.shutdown.drain(..) {
             let _ = tx.send(());
         }
+    }
+}
+
+/// Makes the `[auth]` of a server under test; called once per replica, since each replica
+/// builds its own from the same configuration.
+pub type AuthFactory = fn() -> AuthConfig;
+
+/// Serves `registry` on a fresh loopback port until the sender is used or dropped.
+async fn serve(registry: Registry, auth: Option<AuthFactory>) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let authority = auth.map(|make| Authority::new(make()));
+    tokio::spawn(async move {
+        wharf_server::serve_with_auth(listener, registry, authority, async {
+            let _ = rx.await;
+        })
+        .await
+        .unwrap();
+    });
+    (addr, tx)
+}
+
+/// Two replicas over a fresh Garage and one isolated PostgreSQL schema, behind nginx.
+async fn start_replicas(dir: tempfile::TempDir, config: RegistryConfig, auth: Option<AuthFactory>) -> Server {
+    let garage = tokio::task::spawn_blocking(wharf_testkit::Garage::start).await.unwrap();
+    let s3 = wharf_storage::S3Config {
+        bucket: garage.bucket.clone(),
+        endpoint: Some(garage.endpoint.clone()),
+        region: wharf_testkit::GARAGE_REGION.into(),
+        prefix: "registry".into(),
+        access_key_id: garage.access_key_id.clone(),
+        secret_access_key: garage.secret_access_key.clone(),
+        redirect: false,
+    };
+    let first_meta = MetadataStore::connect_postgres_isolated(&postgres_url())
+        .await
+        .expect("PostgreSQL must be reachable for the replica tests (set WHARF_TEST_POSTGRES)");
+    let mut registries = Vec::new();
+    let mut addrs = Vec::new();
+    let mut shutdown = Vec::new();
+    for i in 0..2 {
+        let blobs = BlobStore::open_s3(s3.clone()).await.expect("the Garage bucket");
+        // The second replica opens its own pool on the first one's schema.
+        let meta = match i {
+            0 => first_meta.clone(),
+            _ => {
+                let schema = first_meta.isolated_schema().expect("an isolated schema");
+                MetadataStore::connect_postgres_schema(&postgres_url(), schema).await.unwrap()
+            }
+        };
+        let registry = Registry::new(blobs, meta, config.clone());
+        let (addr, tx) = serve(registry.clone(), auth).await;
+        registries.push(registry);
+        addrs.push(addr);
+        shutdown.push(tx);
+    }
+    let nginx = tokio::task::spawn_blocking(move || wharf_testkit::Nginx::round_robin(&addrs)).await.unwrap();
+    Server {
+        base: format!("http://{}", nginx.addr),
+        client: reqwest::Client::new(),
+        registry: registries.swap_remove(0),
+        _dir: dir,
+        shutdown,
+        _nginx: Some(nginx),
+        _garage: Some(garage),
     }
 }
 
@@ -39,7 +115,15 @@ impl Server {
     }
 
     pub async fn start_with(backend: Backend, config: RegistryConfig) -> Server {
+        Server::start_full(backend, config, None).await
+    }
+
+    /// [`Server::start_with`], with `[auth]` when `auth` is given.
+    pub async fn start_full(backend: Backend, config: RegistryConfig, auth: Option<AuthFactory>) -> Server {
         let dir = tempfile::tempdir().unwrap();
+        if let Backend::Replicas = backend {
+            return start_replicas(dir, config, auth).await;
+        }
         let blobs = BlobStore::open(dir.path().join("storage")).await.unwrap();
         let meta = match backend {
             Backend::Sqlite => {
@@ -50,25 +134,18 @@ impl Server {
             Backend::Postgres => MetadataStore::connect_postgres_isolated(&postgres_url())
                 .await
                 .expect("PostgreSQL must be reachable for the postgres tests (set WHARF_TEST_POSTGRES)"),
+            Backend::Replicas => unreachable!("started above"),
         };
         let registry = Registry::new(blobs, meta, config);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let reg = registry.clone();
-        tokio::spawn(async move {
-            wharf_server::serve(listener, reg, async {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
-        });
+        let (addr, tx) = serve(registry.clone(), auth).await;
         Server {
             base: format!("http://{addr}"),
             client: reqwest::Client::new(),
             registry,
             _dir: dir,
-            shutdown: Some(tx),
+            shutdown: vec![tx],
+            _nginx: None,
+            _garage: None,
         }
     }
 

@@ -1,5 +1,6 @@
 //! The registry over real HTTP: every endpoint of the distribution spec, its error
-//! cases, and Wharf's index policies. Each test runs against SQLite and PostgreSQL.
+//! cases, and Wharf's index policies. Each test runs against SQLite, against PostgreSQL, and
+//! against two replicas sharing a Garage bucket and a PostgreSQL schema behind nginx.
 
 mod auth;
 mod conformance;
@@ -8,7 +9,7 @@ mod protocol;
 mod sparse;
 mod storage;
 
-/// Instantiate async test fns `fn(Backend)` once per metadata backend.
+/// Instantiate async test fns `fn(Backend)` once per backend.
 #[macro_export]
 macro_rules! backend_tests {
     ($($name:ident),* $(,)?) => {
@@ -19,6 +20,10 @@ macro_rules! backend_tests {
         mod postgres {
             $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                async fn $name() { super::$name($crate::harness::Backend::Postgres).await } )*
+        }
+        mod replicas {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { super::$name($crate::harness::Backend::Replicas).await } )*
         }
     };
 }

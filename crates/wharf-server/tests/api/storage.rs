@@ -6,7 +6,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use wharf_registry::{IndexPolicy, IndexRule, RegistryConfig, RepoPattern};
 
-use crate::auth::{ANON, AuthServer, CI, Creds, DEV, auth_config, expect_401};
+use crate::auth::{ANON, AuthServer, CI, Creds, DEV, expect_401, token_auth};
 use crate::harness::*;
 
 crate::backend_tests!(
@@ -168,7 +168,7 @@ fn auth_names(report: &Value) -> Vec<String> {
 
 async fn storage_report_lists_only_what_the_caller_may_pull(backend: Backend) {
     // Token mode: basic credentials are accepted directly too.
-    let s = AuthServer::start(backend, auth_config(true)).await;
+    let s = AuthServer::start(backend, token_auth).await;
     let host = s.base.trim_start_matches("http://");
     let realm = format!("Bearer realm=\"http://{host}/token\",service=\"wharf\"");
     s.push_image("public/a", "v1", &CI).await;
