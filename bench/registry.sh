@@ -20,7 +20,7 @@ bench_init "$@"   # cd to the repository root; sets WHARF_BIN
 BLOB_MIB="${BENCH_BLOB_MIB:-1024}"
 WRK_SECONDS="${BENCH_WRK_SECONDS:-10}"
 BLOB_BYTES=$((BLOB_MIB * 1024 * 1024))
-MANIFEST_TYPE="application/vnd.oci.image.manifest.v1+json"
+
 
 need_tools docker-registry curl wrk openssl dd awk ss
 make_tmp wharf-bench
@@ -53,75 +53,7 @@ t1="$(now)"
 rm -f "$TMP/dd"
 DD_MBPS="$(mbps "$BLOB_BYTES" "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')")"
 
-# A small single-platform image: config + one layer.
-mkdir -p "$TMP/img/rootfs"
-echo "wharf bench" > "$TMP/img/rootfs/hello"
-tar -C "$TMP/img/rootfs" --owner=0 --group=0 --mtime=@0 -cf "$TMP/img/layer.tar" hello
-gzip -n -c "$TMP/img/layer.tar" > "$TMP/img/layer.tar.gz"
-diff_id="sha256:$(openssl dgst -sha256 -r "$TMP/img/layer.tar" | cut -d' ' -f1)"
-printf '{"architecture":"amd64","os":"linux","config":{},"rootfs":{"type":"layers","diff_ids":["%s"]}}' \
-    "$diff_id" > "$TMP/img/config.json"
-file_digest() { echo "sha256:$(openssl dgst -sha256 -r "$1" | cut -d' ' -f1)"; }
-file_size() { stat -c %s "$1"; }
-cfg_digest="$(file_digest "$TMP/img/config.json")"
-layer_digest="$(file_digest "$TMP/img/layer.tar.gz")"
-printf '{"schemaVersion":2,"mediaType":"%s","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"%s","size":%s}]}' \
-    "$MANIFEST_TYPE" "$cfg_digest" "$(file_size "$TMP/img/config.json")" \
-    "$layer_digest" "$(file_size "$TMP/img/layer.tar.gz")" > "$TMP/img/manifest.json"
-
-# --- registry helpers -------------------------------------------------------------------------
-# POST an upload, then PUT the whole file with ?digest=. Prints "HTTP_CODE SECONDS" of the PUT.
-push_blob() { # addr repo file digest
-    local addr="$1" repo="$2" file="$3" digest="$4" loc sep
-    loc="$(curl -sS -o /dev/null -D - --max-time 30 -X POST "http://$addr/v2/$repo/blobs/uploads/" \
-        | awk 'tolower($1) == "location:" { print $2 }' | tr -d '\r')"
-    [ -n "$loc" ] || { log "upload POST to $addr answered no Location"; return 1; }
-    case "$loc" in /*) loc="http://$addr$loc" ;; esac
-    case "$loc" in *\?*) sep='&' ;; *) sep='?' ;; esac
-    curl -sS -o /dev/null --max-time 900 -H 'Expect:' -H 'Content-Type: application/octet-stream' \
-        -T "$file" -w '%{http_code} %{time_total}' "$loc${sep}digest=$digest"
-}
-
-push_manifest() { # addr repo tag file
-    curl -sS -o /dev/null --max-time 30 -X PUT -H "Content-Type: $MANIFEST_TYPE" \
-        --data-binary "@$4" -w '%{http_code}' "http://$1/v2/$2/manifests/$3"
-}
-
-vm() { awk -v k="$2:" '$1 == k { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; } # pid field → MiB
-
-declare -A PUSH PULL RPS RSS BASE_RSS NON2XX
-
-measure() { # name addr  (the registry started under that name)
-    local name="$1" addr="$2" out code secs
-    BASE_RSS[$name]="$(vm "${PIDS[$name]}" VmRSS)"
-    log "[$name] pushing ${BLOB_MIB} MiB blob..."
-    out="$(push_blob "$addr" bench "$TMP/blob-$name" "${DIGEST[$name]}")"
-    read -r code secs <<<"$out"
-    [ "$code" = 201 ] || { log "[$name] blob PUT answered $code"; return 1; }
-    PUSH[$name]="$(mbps "$BLOB_BYTES" "$secs")"
-    RSS[$name]="$(vm "${PIDS[$name]}" VmHWM)"
-
-    log "[$name] pulling it..."
-    out="$(curl -sS -o /dev/null --max-time 900 -w '%{http_code} %{time_total} %{size_download}' \
-        "http://$addr/v2/bench/blobs/${DIGEST[$name]}")"
-    read -r code secs size <<<"$out"
-    [ "$code" = 200 ] && [ "$size" = "$BLOB_BYTES" ] \
-        || { log "[$name] blob GET answered $code with $size bytes"; return 1; }
-    PULL[$name]="$(mbps "$BLOB_BYTES" "$secs")"
-
-    log "[$name] manifest GETs with wrk for ${WRK_SECONDS}s..."
-    for f in config.json layer.tar.gz; do
-        out="$(push_blob "$addr" bench "$TMP/img/$f" "$(file_digest "$TMP/img/$f")")"
-        [ "${out%% *}" = 201 ] || { log "[$name] small blob PUT answered $out"; return 1; }
-    done
-    code="$(push_manifest "$addr" bench v1 "$TMP/img/manifest.json")"
-    [ "$code" = 201 ] || { log "[$name] manifest PUT answered $code"; return 1; }
-    out="$(timeout $((WRK_SECONDS + 30)) wrk -t2 -c32 -d"${WRK_SECONDS}s" --timeout 5s \
-        -H "Accept: $MANIFEST_TYPE" "http://$addr/v2/bench/manifests/v1")"
-    RPS[$name]="$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' <<<"$out")"
-    NON2XX[$name]="$(awk '/Non-2xx or 3xx responses:/ { print $NF }' <<<"$out")"
-    NON2XX[$name]="${NON2XX[$name]:-0}"
-}
+make_small_image
 
 # --- distribution 2.8 -------------------------------------------------------------------------
 # Each registry gets one attempt (start_registry's retries are left out here): a failed start

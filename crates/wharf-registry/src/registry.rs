@@ -96,6 +96,11 @@ impl Registry {
         }
     }
 
+    /// Whether the blob store answers (the object store is reachable): for health checks.
+    pub async fn check_blob_store(&self) -> Result<()> {
+        Ok(self.inner.blobs.check().await?)
+    }
+
     /// Where a client may fetch a blob linked to `repo` straight from the object store (S3 with
     /// `redirect = true`); `None` when blobs are served through the registry.
     pub async fn blob_redirect(&self, repo: &RepoName, digest: &Digest) -> Result<Option<String>> {

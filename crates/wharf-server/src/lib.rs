@@ -173,13 +173,15 @@ async fn metrics_endpoint(State(state): State<AppState>) -> Response {
 
 /// Ready when the metadata database answers.
 async fn health(State(state): State<AppState>) -> Response {
-    match state.registry.metadata().ping().await {
-        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
-        Err(e) => {
-            tracing::warn!(error = %e, "health check: metadata database unreachable");
-            (StatusCode::SERVICE_UNAVAILABLE, "metadata database unreachable\n").into_response()
-        }
+    if let Err(e) = state.registry.metadata().ping().await {
+        tracing::warn!(error = %e, "health check: metadata database unreachable");
+        return (StatusCode::SERVICE_UNAVAILABLE, "metadata database unreachable\n").into_response();
     }
+    if let Err(e) = state.registry.check_blob_store().await {
+        tracing::warn!(error = %e, "health check: blob storage unreachable");
+        return (StatusCode::SERVICE_UNAVAILABLE, "blob storage unreachable\n").into_response();
+    }
+    (StatusCode::OK, "ok\n").into_response()
 }
 
 async fn handle(state: &AppState, route: Route, req: Request) -> ApiResult {

@@ -16,6 +16,28 @@ pub struct WharfServer {
 pub enum Backend {
     Sqlite,
     Postgres,
+    /// The config file names the database (replicas sharing a [`SharedDatabase`]).
+    FromConfig,
+}
+
+/// A PostgreSQL database that several servers share (replicas), dropped at the end.
+pub struct SharedDatabase {
+    pub url: String,
+    name: String,
+}
+
+impl SharedDatabase {
+    pub fn create() -> SharedDatabase {
+        let name = format!("wharf_shared_{}_{}", std::process::id(), free_port());
+        psql(&format!("CREATE DATABASE {name}"));
+        SharedDatabase { url: format!("{POSTGRES}/{name}"), name }
+    }
+}
+
+impl Drop for SharedDatabase {
+    fn drop(&mut self) {
+        psql(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+    }
 }
 
 const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432";
@@ -46,7 +68,7 @@ impl WharfServer {
         let config_path = dir.path().join("wharf.toml");
         std::fs::write(&config_path, config).unwrap();
         let (database, db_name) = match backend {
-            Backend::Sqlite => (None, None),
+            Backend::Sqlite | Backend::FromConfig => (None, None),
             Backend::Postgres => {
                 let name = format!("wharf_it_{}_{}", std::process::id(), free_port());
                 psql(&format!("CREATE DATABASE {name}"));
@@ -92,6 +114,12 @@ impl WharfServer {
 
     pub fn docker_ref(&self, rest: &str) -> String {
         format!("docker://{}/{rest}", self.addr)
+    }
+
+    /// SIGKILL: the process dies wherever it is, as when a machine is lost.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// SIGTERM, then wait (at most 5 s) for the exit: `None` if it did not exit in time.
