@@ -106,7 +106,11 @@ impl MirrorBoard {
         MirrorBoard {
             entries: mirrors
                 .into_iter()
-                .map(|info| Entry { info, state: Mutex::default(), wake: Notify::new() })
+                // Due at start: the scheduler runs every mirror as soon as it is up.
+                .map(|info| {
+                    let state = State { next_run: Some(SystemTime::now()), ..State::default() };
+                    Entry { info, state: Mutex::new(state), wake: Notify::new() }
+                })
                 .collect(),
         }
     }
@@ -201,47 +205,65 @@ impl MirrorBoard {
 
     /// Prometheus counters of the runs since start, appended to `/metrics`.
     pub(crate) fn render_metrics(&self, out: &mut String) {
-        use std::fmt::Write as _;
         if self.entries.is_empty() {
             return;
         }
-        let families: [(&str, &str, fn(&State) -> Vec<(&'static str, u64)>); 4] = [
-            (
-                "wharf_mirror_runs_total",
-                "Mirror runs finished, by result (skipped: held by another replica).",
-                |s| vec![("ok", s.runs_ok), ("failed", s.runs_failed), ("skipped", s.skipped)],
-            ),
-            ("wharf_mirror_image_failures_total", "Images that failed in mirror runs.", |s| {
-                vec![("", s.image_failures)]
-            }),
-            (
-                "wharf_mirror_bytes_total",
-                "Bytes of mirror runs: copied, already there, left out by the platform filter.",
-                |s| {
-                    vec![
-                        ("copied", s.bytes_copied),
-                        ("existing", s.bytes_existing),
-                        ("filtered", s.bytes_filtered),
-                    ]
-                },
-            ),
-            ("wharf_mirror_running", "1 while a mirror runs.", |s| vec![("", u64::from(s.running))]),
-        ];
-        for (family, help, values) in families {
-            let _ = writeln!(out, "# HELP {family} {help}");
-            let kind = if family == "wharf_mirror_running" { "gauge" } else { "counter" };
-            let _ = writeln!(out, "# TYPE {family} {kind}");
-            for e in &self.entries {
-                let s = e.state.lock().unwrap_or_else(|p| p.into_inner());
-                for (label, n) in values(&s) {
-                    let extra = match family {
-                        "wharf_mirror_runs_total" => format!(",result=\"{label}\""),
-                        "wharf_mirror_bytes_total" => format!(",kind=\"{label}\""),
-                        _ => String::new(),
-                    };
-                    // Mirror names are checked at load ([a-z0-9._-]): nothing to escape.
-                    let _ = writeln!(out, "{family}{{mirror=\"{}\"{extra}}} {n}", e.info.name);
-                }
+        self.family(
+            out,
+            "wharf_mirror_runs_total",
+            "counter",
+            "Mirror runs, by result (skipped: held by another replica).",
+            |s| {
+                vec![
+                    ("result=\"ok\"", s.runs_ok),
+                    ("result=\"failed\"", s.runs_failed),
+                    ("result=\"skipped\"", s.skipped),
+                ]
+            },
+        );
+        self.family(
+            out,
+            "wharf_mirror_image_failures_total",
+            "counter",
+            "Images that failed in mirror runs.",
+            |s| vec![("", s.image_failures)],
+        );
+        self.family(
+            out,
+            "wharf_mirror_bytes_total",
+            "counter",
+            "Bytes of mirror runs: copied, already there, left out by the platform filter.",
+            |s| {
+                vec![
+                    ("kind=\"copied\"", s.bytes_copied),
+                    ("kind=\"existing\"", s.bytes_existing),
+                    ("kind=\"filtered\"", s.bytes_filtered),
+                ]
+            },
+        );
+        self.family(out, "wharf_mirror_running", "gauge", "1 while a mirror runs.", |s| {
+            vec![("", u64::from(s.running))]
+        });
+    }
+
+    /// One metric family: a sample per mirror and extra label set that `values` gives.
+    fn family(
+        &self,
+        out: &mut String,
+        name: &str,
+        kind: &str,
+        help: &str,
+        values: impl Fn(&State) -> Vec<(&'static str, u64)>,
+    ) {
+        use std::fmt::Write as _;
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for e in &self.entries {
+            let s = e.state.lock().unwrap_or_else(|p| p.into_inner());
+            for (labels, n) in values(&s) {
+                let sep = if labels.is_empty() { "" } else { "," };
+                // Mirror names are checked at load ([a-z0-9._-]): nothing to escape.
+                let _ = writeln!(out, "{name}{{mirror=\"{}\"{sep}{labels}}} {n}", e.info.name);
             }
         }
     }

@@ -70,7 +70,8 @@ pub fn from_yaml(text: &str, dest: &str, platforms: &[String]) -> Result<Vec<Syn
         return Err(SyncError::Config("skopeo sync YAML: no registries: nothing to sync".into()));
     }
     let dest = dest.strip_prefix("docker://").unwrap_or(dest).trim_end_matches('/');
-    if dest.is_empty() || dest.contains("://") {
+    let bundle = dest.starts_with("oci:") || dest.starts_with("oci-archive:");
+    if dest.is_empty() || dest.contains("://") || bundle {
         return Err(SyncError::Config(format!(
             "--dest {dest:?}: skopeo sync YAML goes to a registry: docker://HOST[/PREFIX]"
         )));

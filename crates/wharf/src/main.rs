@@ -75,6 +75,9 @@ fn main() -> std::process::ExitCode {
             Command::Fsck(args) => gc_cmd::run_fsck(args).await,
         }
     });
+    // A mirror run still going on a blocking thread when `serve` stops must not hold the exit
+    // up: runs are incremental, the next one picks up where this one was cut.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
