@@ -124,11 +124,21 @@ interval = "1h"
 }
 
 #[test]
-fn a_mirror_runs_at_start_then_on_request_and_moves_nothing_the_second_time() {
+fn a_mirror_runs_at_start_then_on_request_and_moves_nothing_the_second_time_sqlite() {
+    mirror_runs(Backend::Sqlite);
+}
+
+/// On PostgreSQL every run also takes and gives back the mirror's advisory lock.
+#[test]
+fn a_mirror_runs_at_start_then_on_request_and_moves_nothing_the_second_time_postgres() {
+    mirror_runs(Backend::Postgres);
+}
+
+fn mirror_runs(backend: Backend) {
     let upstream = Distribution::start();
     let v1 = TestImage::builder().seed(61).tag("v1").build();
     publish_signed(&upstream, "vendor/app", &v1);
-    let server = WharfServer::start(Backend::Sqlite, &mirror_config(&upstream, ""));
+    let server = WharfServer::start(backend, &mirror_config(&upstream, ""));
 
     // The run at start.
     let m = wait_for_runs(&server, "vendor-app", 1, None);
@@ -195,6 +205,30 @@ fn a_mirror_runs_at_start_then_on_request_and_moves_nothing_the_second_time() {
     assert!(table.starts_with("NAME") && table.contains("vendor-app") && table.contains(" ok "), "{table}");
     let (_, metrics) = curl(&[], &format!("http://{}/metrics", server.addr));
     assert!(metrics.contains("wharf_mirror_bytes_total{mirror=\"vendor-app\",kind=\"copied\"}"), "{metrics}");
+}
+
+/// When the registry serves HTTPS, its runs reach it over HTTPS on loopback.
+#[test]
+fn a_mirror_runs_when_the_registry_serves_https() {
+    let upstream = Distribution::start();
+    let v1 = TestImage::builder().seed(66).tag("v1").build();
+    publish_signed(&upstream, "vendor/app", &v1);
+    let dir = tempfile::tempdir().unwrap();
+    let cert = crate::tls::self_signed(dir.path());
+    let config = mirror_config(&upstream, &crate::tls::tls_section(&cert));
+    let server = WharfServer::start_tls(Backend::Sqlite, &config, &[]);
+    let host = format!("docker://{}", server.addr);
+    let mut last = Value::Null;
+    wait_for("the first run over TLS", &server, || {
+        let out = run_output(wharf().args(["mirrors", &host, "--json", "--tls-verify=false"]));
+        last = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        last["mirrors"][0]["last_run"].is_object() && last["mirrors"][0]["state"] == "idle"
+    });
+    assert_eq!(last["mirrors"][0]["last_run"]["ok"], true, "{last}");
+    let out =
+        run_ok(wharf().args(["inspect", "--json", "--tls-verify=false", &format!("{host}/mirror/app:v1")]));
+    let report: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(report["absent_children"], 2, "{report}");
 }
 
 /// With `[auth]` (token flow): the run pushes into the registry as itself; the status API
