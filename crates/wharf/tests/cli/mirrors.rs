@@ -65,11 +65,15 @@ fn status(server: &WharfServer, creds: Option<&str>) -> Value {
     serde_json::from_str(&body).unwrap()
 }
 
-/// `wharf_mirror_runs_total{mirror=NAME,result="ok"}` from /metrics.
-fn runs_ok(server: &WharfServer, name: &str) -> u64 {
+/// `wharf_mirror_runs_total{mirror=NAME,result=RESULT}` from /metrics.
+fn runs(server: &WharfServer, name: &str, result: &str) -> u64 {
     let (_, text) = curl(&[], &format!("http://{}/metrics", server.addr));
-    let prefix = format!("wharf_mirror_runs_total{{mirror=\"{name}\",result=\"ok\"}} ");
+    let prefix = format!("wharf_mirror_runs_total{{mirror=\"{name}\",result=\"{result}\"}} ");
     text.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|n| n.trim().parse().ok()).unwrap_or(0)
+}
+
+fn runs_ok(server: &WharfServer, name: &str) -> u64 {
+    runs(server, name, "ok")
 }
 
 /// Wait (never asserting how long it takes; the bound only stops a hung test) until `done`.
@@ -205,6 +209,54 @@ fn mirror_runs(backend: Backend) {
     assert!(table.starts_with("NAME") && table.contains("vendor-app") && table.contains(" ok "), "{table}");
     let (_, metrics) = curl(&[], &format!("http://{}/metrics", server.addr));
     assert!(metrics.contains("wharf_mirror_bytes_total{mirror=\"vendor-app\",kind=\"copied\"}"), "{metrics}");
+}
+
+/// The advisory lock key of `name`, as wharf-metadata computes it (FNV-1a of a namespaced
+/// name): the same on every replica.
+fn lock_key(name: &str) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in "wharf-lock:".bytes().chain(name.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h as i64
+}
+
+/// Another replica running the mirror (here: a psql session on the same database holding the
+/// mirror's advisory lock): this replica skips its run; once the lock is free, it runs again.
+#[test]
+fn a_mirror_another_replica_is_running_is_skipped_postgres() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+
+    let upstream = Distribution::start();
+    let v1 = TestImage::builder().seed(67).tag("v1").build();
+    publish_signed(&upstream, "vendor/app", &v1);
+    let server = WharfServer::start(Backend::Postgres, &mirror_config(&upstream, ""));
+    wait_for_runs(&server, "vendor-app", 1, None);
+
+    let mut holder = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-At", "-d", server.database().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("psql must be installed (postgresql-client)");
+    let mut stdin = holder.stdin.take().unwrap();
+    writeln!(stdin, "SELECT pg_advisory_lock({});\nSELECT 'locked';", lock_key("mirror:vendor-app")).unwrap();
+    let mut lines = BufReader::new(holder.stdout.take().unwrap()).lines();
+    assert!(lines.any(|l| l.is_ok_and(|l| l == "locked")), "psql did not take the lock");
+
+    let run_url = format!("http://{}/v2/_wharf/mirrors/vendor-app/run", server.addr);
+    assert_eq!(curl(&["-X", "POST"], &run_url).0, 202);
+    wait_for("a skipped run", &server, || runs(&server, "vendor-app", "skipped") >= 1);
+    assert_eq!(runs_ok(&server, "vendor-app"), 1, "no run while another replica holds the lock");
+
+    // The other replica is done: its session ends, the lock is free.
+    drop(stdin);
+    holder.wait().unwrap();
+    assert_eq!(curl(&["-X", "POST"], &run_url).0, 202);
+    let m = wait_for_runs(&server, "vendor-app", 2, None);
+    assert_eq!(m["last_run"]["bytes_copied"], 0, "{m}");
 }
 
 /// When the registry serves HTTPS, its runs reach it over HTTPS on loopback.
