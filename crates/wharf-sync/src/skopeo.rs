@@ -215,6 +215,15 @@ quay.io:
     }
 
     #[test]
+    fn semver_ranges_as_skopeo_users_write_them() {
+        let c =
+            from_yaml("r.io:\n  images-by-semver:\n    team/app: \">= 1.2, < 2\"\n", "h.io/m", &[]).unwrap();
+        assert_eq!(c[0].images[0].tags_semver.as_deref(), Some(">= 1.2, < 2"));
+        assert_eq!(c[0].images[0].dest.as_deref(), Some("docker://h.io/m/app"));
+        assert!(from_yaml("r.io:\n  images-by-semver:\n    a: \"1 || 2\"\n", "h.io/m", &[]).is_err());
+    }
+
+    #[test]
     fn refuses_what_skopeo_would_not_run() {
         assert!(from_yaml("r.io:\n  imags:\n    a: []\n", "h", &[]).is_err(), "typo");
         assert!(
