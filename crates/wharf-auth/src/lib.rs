@@ -27,6 +27,9 @@ pub use rules::{Action, Actions, Identity, Principal, Rule, Rules};
 pub use scope::{Scope, ScopeError};
 pub use token::{Claims, TokenError, TokenKey};
 
+/// The user name of [`Authority::internal_credentials`].
+pub const INTERNAL_USER: &str = "_wharf-internal";
+
 /// The `service` of challenges and tokens unless configured.
 pub const DEFAULT_SERVICE: &str = "wharf";
 /// The `iss` of every token this server issues.
@@ -103,6 +106,8 @@ pub struct Authority {
     rules: Rules,
     token: Option<TokenSettings>,
     cache: LoginCache,
+    /// The password of [`INTERNAL_USER`], once [`Authority::internal_credentials`] made it.
+    internal: Option<String>,
 }
 
 impl Authority {
@@ -112,7 +117,26 @@ impl Authority {
             rules: Rules::new(config.rules),
             token: config.token,
             cache: LoginCache::new(),
+            internal: None,
         }
+    }
+
+    /// User name and a random password (256 bits, made now, kept in memory only) with which
+    /// this process logs in to itself as [`Identity::Internal`]: pull and push everywhere,
+    /// never delete. The server's own mirror runs push over loopback HTTP through the same
+    /// client, auth and token flow as any other client, whatever the rules say.
+    pub fn internal_credentials(&mut self) -> (String, String) {
+        let password = self.internal.get_or_insert_with(|| htpasswd::random_hex(32)).clone();
+        (INTERNAL_USER.to_owned(), password)
+    }
+
+    /// Is this the internal login? Compared in constant time.
+    fn is_internal(&self, user: &str, password: &str) -> bool {
+        let Some(secret) = &self.internal else { return false };
+        if user != INTERNAL_USER || secret.len() != password.len() {
+            return false;
+        }
+        secret.bytes().zip(password.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
     }
 
     /// Configuration that is valid but probably not what was meant (to log at start).
@@ -152,6 +176,9 @@ impl Authority {
 
     /// A password check answered from the cache of recent successes, without bcrypt.
     pub fn cached_login(&self, user: &str, password: &str) -> Option<Identity> {
+        if self.is_internal(user, password) {
+            return Some(Identity::Internal);
+        }
         self.cache.get(user, password).map(Identity::User)
     }
 
@@ -172,6 +199,9 @@ impl Authority {
 
     /// What `id` may do on `repo`, by the rules.
     pub fn actions_for(&self, id: &Identity, repo: &RepoName) -> Actions {
+        if *id == Identity::Internal {
+            return [Action::Pull, Action::Push].into_iter().collect();
+        }
         self.rules.actions_for(id, repo)
     }
 
@@ -445,6 +475,22 @@ mod tests {
         assert_eq!(authority(true).verify_token_at(&t.token, now), Err(TokenError::BadSignature));
         assert!(authority(false).issue(&Identity::Anonymous, &[]).is_none());
         assert!(authority(false).verify_token(&t.token).is_err());
+    }
+
+    #[test]
+    fn internal_login_pulls_and_pushes_everywhere_but_never_deletes() {
+        let mut a = authority(true);
+        assert_eq!(a.login(INTERNAL_USER, ""), None, "no internal login until it is made");
+        let (user, password) = a.internal_credentials();
+        assert_eq!(a.internal_credentials().1, password, "made once");
+        assert_eq!(password.len(), 64);
+        assert_eq!(a.cached_login(&user, &password), Some(Identity::Internal));
+        assert_eq!(a.login(&user, "wrong"), None);
+        let actions = a.actions_for(&Identity::Internal, &"private/x".parse().unwrap());
+        assert!(actions.contains(Action::Pull) && actions.contains(Action::Push));
+        assert!(!actions.contains(Action::Delete));
+        let g = a.grant(&Identity::Internal, &scopes("repository:private/x:pull,push,delete"));
+        assert_eq!(g, vec![Scope::repository("private/x", [Action::Pull, Action::Push])]);
     }
 
     #[test]

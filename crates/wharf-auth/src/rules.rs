@@ -85,6 +85,9 @@ impl FromIterator<Action> for Actions {
 pub enum Identity {
     Anonymous,
     User(String),
+    /// Wharf itself: a mirror run pushing into its own registry over loopback, with a secret
+    /// made at start that never leaves the process ([`crate::Authority::internal_credentials`]).
+    Internal,
 }
 
 impl Identity {
@@ -94,7 +97,7 @@ impl Identity {
 
     pub fn user(&self) -> Option<&str> {
         match self {
-            Identity::Anonymous => None,
+            Identity::Anonymous | Identity::Internal => None,
             Identity::User(u) => Some(u),
         }
     }
@@ -105,6 +108,7 @@ impl fmt::Display for Identity {
         match self {
             Identity::Anonymous => f.write_str("anonymous"),
             Identity::User(u) => write!(f, "user {u:?}"),
+            Identity::Internal => f.write_str("wharf's own mirror runs"),
         }
     }
 }

@@ -411,6 +411,26 @@ impl RegistryClient {
     }
 }
 
+impl RegistryClient {
+    /// A plain authenticated `POST` of `path_and_query` without a body (e.g.
+    /// `/v2/_wharf/mirrors/<name>/run`): status, media type and body (at most 1 MiB),
+    /// whatever the status. Token scopes come from the registry's challenge.
+    pub async fn post_raw(&self, path_and_query: &str) -> Result<(u16, Option<String>, Bytes), ClientError> {
+        if !path_and_query.starts_with('/') || path_and_query.starts_with("//") {
+            return Err(ClientError::Invalid(format!(
+                "post_raw takes a path starting with one '/', not {path_and_query:?}"
+            )));
+        }
+        let url: Url = self.url(path_and_query).await?;
+        let req = Req::new(Method::POST, url, Vec::new()).body(Bytes::new());
+        let resp = self.send(&req).await?;
+        let status = resp.status().as_u16();
+        let ct = content_type(resp.headers());
+        let body = read_limited(resp, 1024 * 1024).await?;
+        Ok((status, ct, body))
+    }
+}
+
 /// The repository of a `/v2/<name>/<endpoint>/...` path, to ask for the right token scope.
 fn repo_of_path(path: &str) -> Option<RepoName> {
     let rest = path.strip_prefix("/v2/")?;

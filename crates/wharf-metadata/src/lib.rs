@@ -16,7 +16,7 @@ mod store;
 
 pub use store::MetadataStore;
 pub use store::{
-    BlobLink, BlobTotals, GcTransaction, IndexChildrenBytes, JobLock, RepoStorage, StorageFigures,
+    BlobLink, BlobTotals, GcTransaction, IndexChildrenBytes, NamedLock, RepoStorage, StorageFigures,
     UnlinkedReference,
 };
 

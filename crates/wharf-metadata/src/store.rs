@@ -5,7 +5,7 @@
 mod blobs;
 mod catalog;
 mod gc;
-mod jobs;
+mod locks;
 mod manifests;
 mod storage;
 mod uploads;
@@ -21,7 +21,7 @@ use wharf_oci::{Digest, RepoName};
 use crate::{MetadataError, Result, migrate};
 
 pub use gc::{BlobLink, GcTransaction, UnlinkedReference};
-pub use jobs::JobLock;
+pub use locks::NamedLock;
 pub use storage::{BlobTotals, IndexChildrenBytes, RepoStorage, StorageFigures};
 
 /// Connections of the SQLite read pool: twice the cores, within these bounds. Readers never

@@ -78,7 +78,38 @@ suite!(
     upload_sessions,
     migrations_are_idempotent,
     concurrent_puts_of_one_manifest,
+    named_locks_hold_across_connections,
 );
+
+/// A named lock is held against every other pool on the same database (another replica)
+/// until released; on SQLite (one process) it is always granted.
+async fn named_locks_hold_across_connections(ctx: &Ctx) {
+    let other = MetadataStore::connect(&ctx.url).await.unwrap();
+    let name = format!("mirror:test-{}-{}", std::process::id(), now());
+    let held = ctx.store.try_lock(&name).await.unwrap().expect("a free lock is granted");
+    let second = other.try_lock(&name).await.unwrap();
+    if ctx.store.backend() == "postgres" {
+        assert!(second.is_none(), "another replica must not get a held lock");
+        assert!(other.try_lock(&format!("{name}-other")).await.unwrap().is_some(), "other names are free");
+        held.release().await.unwrap();
+        let again = other.try_lock(&name).await.unwrap().expect("released: free again");
+        // Dropped without release (a cancelled run): the session closes and frees it.
+        drop(again);
+        let mut freed = None;
+        for _ in 0..100 {
+            freed = ctx.store.try_lock(&name).await.unwrap();
+            if freed.is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        freed.expect("a dropped lock is freed when its session ends").release().await.unwrap();
+    } else {
+        assert!(second.is_some(), "SQLite: a no-op lock");
+        held.release().await.unwrap();
+    }
+    other.close().await;
+}
 
 // ---------------------------------------------------------------------------------------------
 

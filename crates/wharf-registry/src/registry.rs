@@ -85,10 +85,15 @@ impl Registry {
 
     // ---- blobs -------------------------------------------------------------------------
 
-    /// Size of a blob readable in `repo`.
-    pub async fn blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
+    /// Size of a blob readable in `repo`. `may_fill`: fetch it from the repository's upstream
+    /// when absent. Only a client that pulls (GET) may fill; a HEAD is how a copy asks what
+    /// is already here, and filling then would store what the copy left out.
+    pub async fn blob_size(&self, repo: &RepoName, digest: &Digest, may_fill: bool) -> Result<u64> {
         if let Some(size) = self.inner.meta.linked_blob_size(repo, digest).await? {
             return Ok(size);
+        }
+        if !may_fill {
+            return Err(RegistryError::BlobUnknown { repo: repo.clone(), digest: digest.clone() });
         }
         match self.fill_blob(repo, digest).await? {
             Some(size) => Ok(size),
@@ -107,7 +112,7 @@ impl Registry {
         if !self.inner.blobs.redirects() {
             return Ok(None);
         }
-        self.blob_size(repo, digest).await?;
+        self.blob_size(repo, digest, true).await?;
         Ok(self.inner.blobs.redirect_url(digest).await?)
     }
 
@@ -118,7 +123,7 @@ impl Registry {
         digest: &Digest,
         range: Option<(u64, Option<u64>)>,
     ) -> Result<BlobRead> {
-        let size = self.blob_size(repo, digest).await?;
+        let size = self.blob_size(repo, digest, true).await?;
         let range = match range {
             None => None,
             Some((first, last)) => {
@@ -333,11 +338,13 @@ impl Registry {
         }
     }
 
-    /// Media type and size of a manifest, for HEAD.
+    /// Media type and size of a manifest, for HEAD. `may_fill`: as for
+    /// [`Registry::blob_size`]; HEAD passes `false`.
     pub async fn stat_manifest(
         &self,
         repo: &RepoName,
         reference: &Reference,
+        may_fill: bool,
     ) -> Result<(Digest, String, u64)> {
         // By tag, HEAD takes the GET path: served from the tag cache, or one query that
         // resolves the tag and reads the row, instead of two.
@@ -351,7 +358,8 @@ impl Registry {
         if let Some((media_type, size)) = self.inner.meta.manifest_exists(repo, digest).await? {
             return Ok((digest.clone(), media_type, size));
         }
-        if self.fill_manifest(repo, digest, 0).await?
+        if may_fill
+            && self.fill_manifest(repo, digest, 0).await?
             && let Some((media_type, size)) = self.inner.meta.manifest_exists(repo, digest).await?
         {
             return Ok((digest.clone(), media_type, size));
@@ -641,7 +649,8 @@ impl Registry {
 
     /// Which children of an index are here, what they weigh, and what the whole would.
     pub async fn index_report(&self, repo: &RepoName, reference: &Reference) -> Result<IndexReport> {
-        let (digest, media_type, size) = self.stat_manifest(repo, reference).await?;
+        // A report looks, it does not fill.
+        let (digest, media_type, size) = self.stat_manifest(repo, reference, false).await?;
         let children = self.inner.meta.index_children(repo, &digest).await?;
         let mut reports = Vec::with_capacity(children.len());
         for child in children {

@@ -186,7 +186,7 @@ impl Ctx {
     }
 
     async fn readable(&self, repo_name: &str, d: &Digest) -> bool {
-        match self.registry.blob_size(&repo(repo_name), d).await {
+        match self.registry.blob_size(&repo(repo_name), d, false).await {
             Ok(_) => self.registry.read_blob(&repo(repo_name), d, None).await.is_ok(),
             Err(RegistryError::BlobUnknown { .. }) => false,
             Err(e) => panic!("{e}"),

@@ -10,7 +10,8 @@
 //! | `DELETE` manifests and blobs | delete |
 //! | `GET /v2/` | any valid credentials |
 //! | `GET /v2/_catalog` | a logged-in user (`registry:catalog:*` in token mode); lists only what it may pull |
-//! | `GET /v2/_wharf/storage` (registry-wide extensions) | what the catalog needs; reports only what it may pull |
+//! | `GET /v2/_wharf/storage`, `GET /v2/_wharf/mirrors` (registry-wide extensions) | what the catalog needs; reports only what it may pull |
+//! | `POST /v2/_wharf/mirrors/<name>/run` | push on the mirror's `dest` |
 //!
 //! A mount (`POST ?mount=&from=`) also needs pull on `from`; without it (or without `from`)
 //! the mount is not attempted and the client gets an upload session instead, as the spec
@@ -45,6 +46,8 @@ enum Caller {
     User(String),
     /// A valid bearer token of this server.
     Token(Box<Claims>),
+    /// This process itself (a mirror run pushing over loopback).
+    Internal,
 }
 
 impl Caller {
@@ -53,6 +56,7 @@ impl Caller {
             Caller::Anonymous => Identity::Anonymous,
             Caller::User(u) => Identity::User(u.clone()),
             Caller::Token(c) => c.identity(),
+            Caller::Internal => Identity::Internal,
         }
     }
 
@@ -128,6 +132,7 @@ async fn authenticate(auth: &Arc<Authority>, headers: &HeaderMap) -> Result<Call
         Presented::Basic(user, password) => match login(auth, user, password).await {
             Some(Identity::User(u)) => Ok(Caller::User(u)),
             Some(Identity::Anonymous) => Ok(Caller::Anonymous),
+            Some(Identity::Internal) => Ok(Caller::Internal),
             None => Err("invalid user name or password".into()),
         },
         Presented::Bearer(token) => {
@@ -268,8 +273,25 @@ pub(crate) async fn authorize(state: &AppState, route: &Route, req: &mut Request
                 _ => Ok(()),
             };
         }
-        // Registry-wide extensions (the storage report) list repositories like the catalog,
-        // and need what it needs.
+        // Running a mirror needs push on its destination. An unknown name (404 from the
+        // handler) is told only to a caller who logged in.
+        Route::RegistryExtension(rest) if req.method() == Method::POST => {
+            match crate::mirrors::run_target(rest).and_then(|n| state.mirrors.dest(n)) {
+                Some(dest) => dest,
+                None if caller.identity().is_anonymous() => {
+                    return Err(unauthorized(
+                        auth,
+                        headers,
+                        None,
+                        false,
+                        "authentication required: log in to run a mirror".into(),
+                    ));
+                }
+                None => return Ok(()),
+            }
+        }
+        // Registry-wide extensions (the storage report, the mirrors) list repositories like
+        // the catalog, need what it needs, and show only what the caller may pull.
         Route::Catalog | Route::RegistryExtension(_) => {
             let identity = caller.identity();
             let allowed = match &caller {
@@ -281,6 +303,7 @@ pub(crate) async fn authorize(state: &AppState, route: &Route, req: &mut Request
                 let rules_allow = auth.may_list_catalog(&identity);
                 let what = match route {
                     Route::Catalog => "list the catalog",
+                    Route::RegistryExtension(r) if r == "mirrors" => "list the mirrors",
                     _ => "read the storage report",
                 };
                 return Err(refuse(auth, headers, &caller, &scope, rules_allow, what.into()));

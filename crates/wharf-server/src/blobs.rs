@@ -37,9 +37,13 @@ pub async fn get(
     body: bool,
 ) -> ApiResult {
     let range = parse_range(headers)?;
-    if !body && range.is_none() {
-        let size = reg.blob_size(repo, digest).await?;
-        return Ok(blob_headers(StatusCode::OK, digest, size, Body::empty()));
+    if !body {
+        // HEAD never fills from an upstream (only a pull does): an absent blob is a 404 here,
+        // with or without a Range.
+        let size = reg.blob_size(repo, digest, false).await?;
+        if range.is_none() {
+            return Ok(blob_headers(StatusCode::OK, digest, size, Body::empty()));
+        }
     }
     if body && let Some(url) = reg.blob_redirect(repo, digest).await? {
         // The client fetches the bytes (and any Range) from the object store directly.

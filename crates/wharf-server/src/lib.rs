@@ -9,6 +9,7 @@ mod discovery;
 pub mod error;
 mod manifests;
 mod metrics;
+pub mod mirrors;
 pub mod tls;
 mod wharf_ext;
 
@@ -26,6 +27,7 @@ use wharf_registry::Registry;
 use wharf_storage::BodyStream;
 
 pub use error::ApiError;
+pub use mirrors::{MirrorBoard, MirrorInfo, RunFailure, RunSummary};
 pub use tls::{TlsConfig, TlsError};
 /// Re-exported so that the binary configures authentication without another dependency.
 pub use wharf_auth;
@@ -37,6 +39,8 @@ pub struct AppState {
     metrics: std::sync::Arc<metrics::Metrics>,
     /// `None`: no `[auth]`, everything anonymous with full access.
     auth: Option<std::sync::Arc<wharf_auth::Authority>>,
+    /// The registry's own mirrors (`[[mirrors]]`; empty without).
+    mirrors: std::sync::Arc<MirrorBoard>,
 }
 
 pub type ApiResult = Result<Response, ApiError>;
@@ -56,12 +60,27 @@ pub fn router(registry: Registry) -> Router {
 /// The whole API as a router; with `auth`, `/v2/` requests are authenticated and authorized
 /// (see `auth.rs`) and `/token` issues tokens. `/metrics` and `/healthz` stay open.
 pub fn router_with_auth(registry: Registry, auth: Option<wharf_auth::Authority>) -> Router {
+    router_with_mirrors(registry, auth, Default::default())
+}
+
+/// [`router_with_auth`] that also shows and triggers the registry's mirrors (`mirrors`, whose
+/// runs the caller schedules).
+pub fn router_with_mirrors(
+    registry: Registry,
+    auth: Option<wharf_auth::Authority>,
+    mirrors: std::sync::Arc<MirrorBoard>,
+) -> Router {
     Router::new()
         .route("/metrics", axum::routing::get(metrics_endpoint))
         .route("/healthz", axum::routing::get(health))
         .route("/token", axum::routing::get(auth::token_endpoint))
         .fallback(dispatch)
-        .with_state(AppState { registry, metrics: Default::default(), auth: auth.map(std::sync::Arc::new) })
+        .with_state(AppState {
+            registry,
+            metrics: Default::default(),
+            auth: auth.map(std::sync::Arc::new),
+            mirrors,
+        })
 }
 
 /// Serve until `shutdown` resolves, then finish in-flight requests.
@@ -92,7 +111,19 @@ pub async fn serve_with_tls(
     tls: Option<TlsConfig>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let router = router_with_auth(registry, auth);
+    serve_with_mirrors(listener, registry, auth, tls, Default::default(), shutdown).await
+}
+
+/// [`serve_with_tls`] with the registry's mirrors board (see [`router_with_mirrors`]).
+pub async fn serve_with_mirrors(
+    listener: tokio::net::TcpListener,
+    registry: Registry,
+    auth: Option<wharf_auth::Authority>,
+    tls: Option<TlsConfig>,
+    mirrors: std::sync::Arc<MirrorBoard>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let router = router_with_mirrors(registry, auth, mirrors);
     match tls {
         None => {
             // Headers and a small body are separate writes: without TCP_NODELAY, Nagle's
@@ -168,7 +199,9 @@ async fn dispatch(State(state): State<AppState>, mut req: Request) -> Response {
 }
 
 async fn metrics_endpoint(State(state): State<AppState>) -> Response {
-    ([("content-type", "text/plain; version=0.0.4")], state.metrics.render()).into_response()
+    let mut text = state.metrics.render();
+    state.mirrors.render_metrics(&mut text);
+    ([("content-type", "text/plain; version=0.0.4")], text).into_response()
 }
 
 /// Ready when the metadata database answers.
@@ -212,6 +245,10 @@ async fn handle(state: &AppState, route: Route, req: Request) -> ApiResult {
         (Route::Upload(repo, id), Method::PUT) => blobs::finish_upload(reg, &repo, &id, req).await,
         (Route::Upload(repo, id), Method::DELETE) => blobs::cancel_upload(reg, &repo, &id).await,
         (Route::Extension(repo, rest), Method::GET) => wharf_ext::get(reg, &repo, &rest).await,
+        (Route::RegistryExtension(rest), Method::GET) if rest == "mirrors" => {
+            mirrors::list(&state.mirrors, req.extensions().get::<auth::CatalogFilter>())
+        }
+        (Route::RegistryExtension(rest), Method::POST) => mirrors::run(&state.mirrors, &rest),
         (Route::RegistryExtension(rest), Method::GET) => {
             wharf_ext::get_registry(reg, &rest, req.extensions().get::<auth::CatalogFilter>()).await
         }

@@ -25,7 +25,8 @@ fn manifest_response(digest: &str, media_type: &str, len: u64, body: Body) -> Re
 
 pub async fn get(reg: &Registry, repo: &RepoName, reference: &Reference, with_body: bool) -> ApiResult {
     if !with_body {
-        let (digest, media_type, size) = reg.stat_manifest(repo, reference).await?;
+        // HEAD never fills from an upstream: only a pull (GET) does.
+        let (digest, media_type, size) = reg.stat_manifest(repo, reference, false).await?;
         return Ok(manifest_response(&digest.to_string(), &media_type, size, Body::empty()));
     }
     let m = reg.get_manifest(repo, reference).await?;

@@ -42,7 +42,7 @@ pub async fn get_registry(reg: &Registry, rest: &str, filter: Option<&CatalogFil
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             ErrorCode::Unsupported,
-            format!("no Wharf extension at /v2/_wharf/{rest}; known: /v2/_wharf/storage"),
+            format!("no Wharf extension at /v2/_wharf/{rest}; known: /v2/_wharf/storage, /v2/_wharf/mirrors"),
         ));
     }
     let report = match filter {

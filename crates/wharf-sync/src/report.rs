@@ -130,6 +130,16 @@ impl SyncReport {
         self.images.push(row);
     }
 
+    /// Add another run's rows, totals, bundles, warnings and errors.
+    pub(crate) fn merge(&mut self, other: SyncReport) {
+        for row in other.images {
+            self.add(row);
+        }
+        self.archives.extend(other.archives);
+        self.warnings.extend(other.warnings);
+        self.errors.extend(other.errors);
+    }
+
     pub fn failed(&self) -> impl Iterator<Item = &ImageRow> {
         self.images.iter().filter(|r| r.status == Status::Failed)
     }

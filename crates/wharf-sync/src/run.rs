@@ -49,6 +49,23 @@ pub async fn sync(
     Ok(report)
 }
 
+/// [`sync`] of several configs, one after the other (skopeo's YAML gives one per source
+/// registry, each with its own credentials), in one report.
+pub async fn sync_all(
+    configs: &[SyncConfig],
+    opts: &SyncOptions,
+    progress: Arc<dyn Progress>,
+) -> Result<SyncReport, SyncError> {
+    for c in configs {
+        c.validate()?;
+    }
+    let mut all = SyncReport { dry_run: opts.dry_run, ..Default::default() };
+    for c in configs {
+        all.merge(sync(c, opts, progress.clone()).await?);
+    }
+    Ok(all)
+}
+
 /// The engine's options from the config's defaults (per-image platforms are given per copy).
 pub(crate) fn copy_options(d: &Defaults, opts: &SyncOptions) -> Result<CopyOptions, SyncError> {
     let creds = |what: &str, v: &Option<String>| {

@@ -27,6 +27,9 @@ pub struct ServerFile {
     /// Upstreams that fill absent manifests and blobs on demand.
     #[serde(default)]
     pub upstreams: Vec<crate::upstream::UpstreamFile>,
+    /// The registry's own scheduled mirrors (see `crate::mirrors`).
+    #[serde(default)]
+    pub mirrors: Vec<wharf_sync::MirrorSpec>,
     /// Authentication and permissions; absent: everyone has full access, anonymously.
     pub auth: Option<AuthFile>,
     /// Serve HTTPS; absent: plain HTTP.
@@ -235,6 +238,19 @@ pub fn registry_config(file: &ServerFile, default_policy: Option<&str>) -> anyho
     })
 }
 
+/// The `[[mirrors]]`, checked: unique names, a valid `dest` repository, a parseable
+/// `interval`, valid selection fields.
+pub fn mirror_specs(file: &ServerFile) -> anyhow::Result<Vec<wharf_sync::MirrorSpec>> {
+    let mut seen = std::collections::HashSet::new();
+    for (i, m) in file.mirrors.iter().enumerate() {
+        m.validate().with_context(|| format!("mirrors[{i}]"))?;
+        if !seen.insert(m.name.as_str()) {
+            bail!("mirrors[{i}]: a second mirror named {:?}: names must be unique", m.name);
+        }
+    }
+    Ok(file.mirrors.clone())
+}
+
 /// The TLS certificate and key from `[tls]` and the flags (flags win), read and checked.
 /// `None`: plain HTTP.
 pub fn tls_config(
@@ -343,6 +359,37 @@ mod tests {
         assert_eq!(p.rule_for(&"other".parse().unwrap()), &IndexRule::Complete);
         let overridden = registry_config(&file, Some("sparse")).unwrap();
         assert_eq!(overridden.index_policy.default, IndexRule::Sparse);
+    }
+
+    #[test]
+    fn reads_and_checks_mirrors() {
+        let file: ServerFile = toml::from_str(
+            r#"
+            [[mirrors]]
+            name = "vendor-app"
+            source = "docker://registry.vendor.example/team/app"
+            tags_semver = ">=1.2, <2"
+            platforms = ["linux/amd64", "linux/arm64"]
+            dest = "mirror/team/app"
+            interval = "30m"
+            credentials = "user:password"
+            tls_verify = true
+            cert_dir = "/etc/wharf/vendor-ca"
+            "#,
+        )
+        .unwrap();
+        let specs = mirror_specs(&file).unwrap();
+        assert_eq!(specs[0].interval().unwrap(), std::time::Duration::from_secs(1800));
+        assert!(!format!("{file:?}").contains("user:password"), "Debug shows no secret");
+
+        let bad = |text: &str| mirror_specs(&toml::from_str(text).unwrap()).unwrap_err();
+        let one = "name = \"a\"\ninterval = \"1h\"\nsource = \"docker://h.io/x\"\ntags = [\"v1\"]\n";
+        let e = bad(&format!("[[mirrors]]\n{one}dest = \"m/x\"\n[[mirrors]]\n{one}dest = \"m/y\"\n"));
+        assert!(e.to_string().contains("unique"), "{e:#}");
+        let e = bad(&format!("[[mirrors]]\n{one}dest = \"M/X\"\n"));
+        assert!(format!("{e:#}").contains("dest"), "{e:#}");
+        let e = bad(&format!("[[mirrors]]\n{}dest = \"m/x\"\n", one.replace("1h", "often")));
+        assert!(format!("{e:#}").contains("interval"), "{e:#}");
     }
 
     #[test]

@@ -60,14 +60,14 @@ pub async fn run_gc(args: GcArgs) -> anyhow::Result<()> {
     let (blobs, meta) = open_stores(&args.stores).await?;
     // The same lock as the collection inside `wharf serve`: one collector at a time per database.
     let lock =
-        if args.dry_run { None } else { meta.try_job_lock("gc").await.context("taking the gc lock")? };
+        if args.dry_run { None } else { meta.try_lock("job:gc").await.context("taking the gc lock")? };
     if !args.dry_run && lock.is_none() {
         meta.close().await;
         bail!("garbage collection is already running (a replica holds the gc lock); try again later");
     }
     let result = GarbageCollector::new(blobs, meta.clone(), args.grace).run(args.dry_run).await;
     if let Some(lock) = lock {
-        lock.release().await;
+        lock.release().await.context("releasing the gc lock")?;
     }
     meta.close().await;
     let report = result.context("garbage collection")?;

@@ -5,6 +5,8 @@ mod config;
 mod copy_cmd;
 mod gc_cmd;
 mod inspect;
+mod mirror_runs;
+mod mirrors_cmd;
 mod report_cmd;
 mod serve;
 mod stores;
@@ -36,6 +38,8 @@ enum Command {
     Report(report_cmd::ReportArgs),
     /// Mirror many images from a config file, also through air-gapped bundles.
     Sync(sync_cmd::SyncArgs),
+    /// Show a Wharf registry's own mirrors ([[mirrors]]), or start a run now (--run NAME).
+    Mirrors(mirrors_cmd::MirrorsArgs),
     /// Remove unreferenced blob links and blobs, online (safe while `serve` runs).
     Gc(gc_cmd::GcArgs),
     /// Re-hash stored blobs and manifests and check the metadata against storage.
@@ -66,10 +70,14 @@ fn main() -> std::process::ExitCode {
             Command::Report(args) => report_cmd::run(args).await,
             Command::Copy(args) => copy_cmd::run(args).await,
             Command::Sync(args) => sync_cmd::run(args).await,
+            Command::Mirrors(args) => mirrors_cmd::run(args).await,
             Command::Gc(args) => gc_cmd::run_gc(args).await,
             Command::Fsck(args) => gc_cmd::run_fsck(args).await,
         }
     });
+    // A mirror run still going on a blocking thread when `serve` stops must not hold the exit
+    // up: runs are incremental, the next one picks up where this one was cut.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

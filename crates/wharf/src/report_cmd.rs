@@ -21,24 +21,24 @@ pub struct ReportArgs {
 }
 
 /// `docker://HOST[:PORT]` (the `docker://` prefix is optional; a trailing `/` is fine).
-fn parse_registry(arg: &str) -> anyhow::Result<String> {
+pub(crate) fn parse_registry(arg: &str, command: &str) -> anyhow::Result<String> {
     let rest = match arg.split_once("://") {
         Some(("docker", rest)) => rest,
-        Some(_) => bail!("wharf report reads registries: use docker://HOST[:PORT], not {arg:?}"),
+        Some(_) => bail!("wharf {command} reads registries: use docker://HOST[:PORT], not {arg:?}"),
         None if arg.starts_with("oci:") || arg.starts_with("oci-archive:") => {
-            bail!("wharf report reads registries: use docker://HOST[:PORT], not {arg:?}")
+            bail!("wharf {command} reads registries: use docker://HOST[:PORT], not {arg:?}")
         }
         None => arg,
     };
     let host = rest.trim_end_matches('/');
     if host.is_empty() || host.contains(['/', '@']) || host.contains(char::is_whitespace) {
-        bail!("wharf report takes a registry, docker://HOST[:PORT], not an image or path: {arg:?}");
+        bail!("wharf {command} takes a registry, docker://HOST[:PORT], not an image or path: {arg:?}");
     }
     Ok(host.to_owned())
 }
 
 pub async fn run(args: ReportArgs) -> anyhow::Result<()> {
-    let host = parse_registry(&args.registry)?;
+    let host = parse_registry(&args.registry, "report")?;
     let client = args.flags.client(&host)?;
     let (status, content_type, body) = client.get_raw("/v2/_wharf/storage").await?;
     let is_report = content_type.as_deref().is_some_and(|c| c.starts_with(STORAGE_REPORT_TYPE));
@@ -65,7 +65,7 @@ pub async fn run(args: ReportArgs) -> anyhow::Result<()> {
 }
 
 /// The `message` of the first error in an OCI error body, if that is what the body is.
-fn registry_message(body: &[u8]) -> Option<String> {
+pub(crate) fn registry_message(body: &[u8]) -> Option<String> {
     let v: serde_json::Value = serde_json::from_slice(body).ok()?;
     v["errors"][0]["message"].as_str().map(str::to_owned)
 }
@@ -165,11 +165,14 @@ mod tests {
 
     #[test]
     fn parses_registries() {
-        assert_eq!(parse_registry("docker://127.0.0.1:5000").unwrap(), "127.0.0.1:5000");
-        assert_eq!(parse_registry("docker://registry.example.com/").unwrap(), "registry.example.com");
-        assert_eq!(parse_registry("localhost:5000").unwrap(), "localhost:5000");
+        assert_eq!(parse_registry("docker://127.0.0.1:5000", "report").unwrap(), "127.0.0.1:5000");
+        assert_eq!(
+            parse_registry("docker://registry.example.com/", "report").unwrap(),
+            "registry.example.com"
+        );
+        assert_eq!(parse_registry("localhost:5000", "report").unwrap(), "localhost:5000");
         for bad in ["docker://h/app", "docker://h/app:v1", "oci:/tmp/x", "https://h", "docker://", ""] {
-            assert!(parse_registry(bad).is_err(), "{bad}");
+            assert!(parse_registry(bad, "report").is_err(), "{bad}");
         }
     }
 

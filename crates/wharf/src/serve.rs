@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use wharf_registry::{DEFAULT_GRACE, GarbageCollector, Registry};
 
-use crate::config::{auth_config, registry_config, tls_config};
+use crate::config::{auth_config, mirror_specs, registry_config, tls_config};
 use crate::stores::{Open, StoreArgs, Stores};
 
 #[derive(Debug, clap::Args)]
@@ -40,8 +40,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let file = stores.load_config()?;
     let addr = args.addr.or(file.addr.clone()).unwrap_or_else(|| "127.0.0.1:5000".into());
     let config = registry_config(&file, args.index_policy.as_deref())?;
-    let auth = auth_config(&file)?.map(wharf_server::wharf_auth::Authority::new);
+    let mut auth = auth_config(&file)?.map(wharf_server::wharf_auth::Authority::new);
     let tls = tls_config(&file, args.tls_cert.as_deref(), args.tls_key.as_deref())?;
+    let mirrors = mirror_specs(&file)?;
+    let board = crate::mirror_runs::board(&mirrors)?;
+    // Mirror runs push into this registry through its own API, logged in as itself.
+    let internal_login = match (&mut auth, mirrors.is_empty()) {
+        (Some(a), false) => Some(a.internal_credentials()),
+        _ => None,
+    };
 
     let Stores { blobs, meta, data_dir, database } = stores.open(&file, Open::CreateIfMissing).await?;
 
@@ -78,8 +85,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
     let scheme = if tls.is_some() { "https" } else { "http" };
-    tracing::info!(addr = %listener.local_addr()?, scheme, data_dir = %data_dir.display(), blobs = %blob_store, metadata = %redact(&database), "wharf registry listening");
-    wharf_server::serve_with_tls(listener, registry, auth, tls, shutdown_signal()).await?;
+    let local = listener.local_addr()?;
+    tracing::info!(addr = %local, scheme, data_dir = %data_dir.display(), blobs = %blob_store, metadata = %redact(&database), "wharf registry listening");
+    if !mirrors.is_empty() {
+        // Our own listening socket: the connection stays on this machine, and a certificate
+        // made for the registry's public name would not match the loopback address.
+        let target = wharf_sync::LocalTarget {
+            host: crate::mirror_runs::loopback_host(local),
+            credentials: internal_login,
+            tls_verify: false,
+        };
+        crate::mirror_runs::start(mirrors, target, board.clone(), registry.metadata().clone());
+    }
+    wharf_server::serve_with_mirrors(listener, registry, auth, tls, board, shutdown_signal()).await?;
     tracing::info!("shut down cleanly");
     Ok(())
 }
@@ -135,8 +153,8 @@ pub(crate) fn redact(url: &str) -> String {
 
 /// Takes the named job lock (held by at most one replica sharing the database); `None` when
 /// another replica holds it, or the database cannot say.
-async fn job_lock(registry: &Registry, job: &str) -> Option<wharf_metadata::JobLock> {
-    match registry.metadata().try_job_lock(job).await {
+async fn job_lock(registry: &Registry, job: &str) -> Option<wharf_metadata::NamedLock> {
+    match registry.metadata().try_lock(&format!("job:{job}")).await {
         Ok(Some(lock)) => Some(lock),
         Ok(None) => {
             tracing::debug!(job, "another replica runs this job now; skipped here");
@@ -159,7 +177,13 @@ async fn expire_uploads(registry: Registry, older_than: Duration) {
             Ok(n) => tracing::info!(removed = n, "expired abandoned uploads"),
             Err(e) => tracing::warn!(error = %e, "expiring uploads failed"),
         }
-        lock.release().await;
+        release(lock).await;
+    }
+}
+
+async fn release(lock: wharf_metadata::NamedLock) {
+    if let Err(e) = lock.release().await {
+        tracing::warn!(error = %e, "could not release a job lock (its connection was closed instead)");
     }
 }
 
@@ -173,7 +197,7 @@ async fn collect_garbage(registry: Registry, every: Duration) {
         tick.tick().await;
         let Some(lock) = job_lock(&registry, "gc").await else { continue };
         let result = gc.run(false).await;
-        lock.release().await;
+        release(lock).await;
         match result {
             Ok(r) => tracing::info!(
                 links_removed = r.links_removed,

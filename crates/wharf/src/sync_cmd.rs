@@ -7,15 +7,25 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use wharf_mirror::Progress;
-use wharf_sync::{Defaults, SyncConfig, SyncOptions, SyncReport};
+use wharf_sync::{Defaults, SyncOptions, SyncReport};
 
 /// Mirror many images from a config file, or load or check an air-gapped bundle.
 #[derive(clap::Args)]
 pub struct SyncArgs {
-    /// The sync file (TOML): [defaults] (platforms, dest prefix, credentials, TLS, jobs) and
-    /// one [[images]] entry per source repository.
+    /// The sync file: Wharf's TOML ([defaults] with platforms, dest prefix, credentials, TLS,
+    /// jobs; one [[images]] entry per source repository), or skopeo's sync YAML (by extension
+    /// .yaml/.yml, or by content; give --dest).
     #[arg(long, value_name = "FILE", conflicts_with = "from")]
     pub config: Option<PathBuf>,
+    /// Where the images go, as skopeo sync takes it on its command line: docker://HOST[/PREFIX].
+    /// Required with skopeo's YAML (an image goes to PREFIX/<last component of its repository>,
+    /// as skopeo without --scoped); with TOML it replaces [defaults] dest.
+    #[arg(long, value_name = "docker://HOST[/PREFIX]", requires = "config")]
+    pub dest: Option<String>,
+    /// A platform to copy (repeat for more); replaces the default platforms of the file.
+    /// Without it, skopeo's YAML copies every platform (as skopeo sync --all).
+    #[arg(long = "platform", value_name = "OS/ARCH[/VARIANT]", requires = "config")]
+    pub platforms: Vec<String>,
     /// Print the plan (images, tags, platforms, bytes to move, already there, left out) and
     /// write nothing.
     #[arg(long)]
@@ -100,9 +110,11 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<()> {
     let progress: Arc<dyn Progress> = Arc::new(Lines { dry_run: args.dry_run });
     let report = match (&args.config, &args.from) {
         (Some(file), None) => {
-            let mut config = SyncConfig::load(file)?;
-            args.apply(&mut config.defaults);
-            wharf_sync::sync(&config, &opts, progress).await?
+            let mut configs = wharf_sync::load_configs(file, args.dest.as_deref(), &args.platforms)?;
+            for c in &mut configs {
+                args.apply(&mut c.defaults);
+            }
+            wharf_sync::sync_all(&configs, &opts, progress).await?
         }
         (None, Some(from)) if args.verify => return verify(from, args.json).await,
         (None, Some(from)) => {

@@ -351,7 +351,7 @@ async fn manifest_errors(b: Backend) {
     let m = format!(
         r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{missing}","size":13}}]}}"#,
         img.blobs[0],
-        s.registry.blob_size(&"app".parse().unwrap(), &img.blobs[0]).await.unwrap()
+        s.registry.blob_size(&"app".parse().unwrap(), &img.blobs[0], false).await.unwrap()
     );
     let resp = s.put_manifest("app", "v1", OCI_MANIFEST, m.as_bytes()).await;
     expect_error(resp, StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN").await;

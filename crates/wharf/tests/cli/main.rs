@@ -6,6 +6,7 @@ mod copy;
 mod fill;
 mod gc;
 mod interop;
+mod mirrors;
 mod replicas;
 mod report;
 mod server;

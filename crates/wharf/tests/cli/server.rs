@@ -108,6 +108,11 @@ impl WharfServer {
         self._dir.path().join("data")
     }
 
+    /// The PostgreSQL database of this server (`None` on SQLite).
+    pub fn database(&self) -> Option<&str> {
+        self.database.as_deref()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self._dir.path().join("server.log")).unwrap_or_default()
     }

@@ -19,13 +19,13 @@ fn wharf() -> Command {
 /// A self-signed certificate for 127.0.0.1 in `dir`: `server.crt`, `server.key`, and
 /// `certs/ca.crt` (the same certificate, as the CA for skopeo's `--cert-dir`). It is not a CA
 /// certificate itself: rustls (wharf's client) refuses a CA certificate as a server's own.
-struct Cert {
+pub(crate) struct Cert {
     cert: PathBuf,
     key: PathBuf,
     ca_dir: PathBuf,
 }
 
-fn self_signed(dir: &Path) -> Cert {
+pub(crate) fn self_signed(dir: &Path) -> Cert {
     let cert = dir.join("server.crt");
     let key = dir.join("server.key");
     run_ok(
@@ -44,7 +44,7 @@ fn self_signed(dir: &Path) -> Cert {
     Cert { cert, key, ca_dir }
 }
 
-fn tls_section(c: &Cert) -> String {
+pub(crate) fn tls_section(c: &Cert) -> String {
     format!("[tls]\ncert = \"{}\"\nkey = \"{}\"\n", c.cert.display(), c.key.display())
 }
 
