@@ -5,6 +5,7 @@
 mod auth;
 mod conformance;
 mod harness;
+mod latency;
 mod protocol;
 mod sparse;
 mod storage;
