@@ -88,6 +88,11 @@ http {{
     fastcgi_temp_path {d}/fastcgi;
     uwsgi_temp_path {d}/uwsgi;
     scgi_temp_path {d}/scgi;
+    # A client's own X-Forwarded-Proto passes through (tests send one); else this hop's scheme.
+    map $http_x_forwarded_proto $forwarded_proto {{
+        default $http_x_forwarded_proto;
+        "" $scheme;
+    }}
     upstream wharf {{
 {servers}        keepalive 32;
     }}
@@ -99,7 +104,7 @@ http {{
         proxy_http_version 1.1;
         proxy_set_header Connection "";
         proxy_set_header Host $http_host;
-        proxy_set_header X-Forwarded-Proto $scheme;
+        proxy_set_header X-Forwarded-Proto $forwarded_proto;
         proxy_next_upstream error;
         proxy_read_timeout 300s;
         proxy_send_timeout 300s;

@@ -24,6 +24,8 @@ pub struct Server {
     pub client: reqwest::Client,
     /// The (first) replica's registry.
     pub registry: Registry,
+    /// Each replica's own address (one, unless [`Backend::Replicas`]).
+    pub replicas: Vec<String>,
     _dir: tempfile::TempDir,
     shutdown: Vec<tokio::sync::oneshot::Sender<()>>,
     /// Kept alive for the test: nginx first, so it goes before what it balances.
@@ -93,8 +95,10 @@ async fn start_replicas(dir: tempfile::TempDir, config: RegistryConfig, auth: Op
         addrs.push(addr);
         shutdown.push(tx);
     }
+    let replicas: Vec<String> = addrs.iter().map(|a| format!("http://{a}")).collect();
     let nginx = tokio::task::spawn_blocking(move || wharf_testkit::Nginx::round_robin(&addrs)).await.unwrap();
     Server {
+        replicas,
         base: format!("http://{}", nginx.addr),
         client: reqwest::Client::new(),
         registry: registries.swap_remove(0),
@@ -139,6 +143,7 @@ impl Server {
         let registry = Registry::new(blobs, meta, config);
         let (addr, tx) = serve(registry.clone(), auth).await;
         Server {
+            replicas: vec![format!("http://{addr}")],
             base: format!("http://{addr}"),
             client: reqwest::Client::new(),
             registry,
@@ -147,6 +152,17 @@ impl Server {
             _nginx: None,
             _garage: None,
         }
+    }
+
+    /// The value of one Prometheus series, added up over the replicas (each counts its own).
+    pub async fn metric(&self, series: &str) -> u64 {
+        let mut total = 0;
+        for base in &self.replicas {
+            let text = self.client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+            let value = text.lines().find_map(|l| l.strip_prefix(series)?.trim().parse::<u64>().ok());
+            total += value.unwrap_or_else(|| panic!("{series} not in /metrics of {base}:\n{text}"));
+        }
+        total
     }
 
     pub fn url(&self, path: &str) -> String {
