@@ -323,3 +323,33 @@ fn a_wrong_key_or_missing_bucket_stops_the_start_naming_endpoint_and_bucket() {
         assert!(!stderr.contains(&garage.secret_access_key), "{name}: the secret is never printed");
     }
 }
+
+#[test]
+fn redirect_mode_sends_blob_gets_to_a_presigned_url_that_skopeo_follows() {
+    let garage = Garage::start();
+    let config = format!("[index_policy]\ndefault = \"sparse\"\n{}redirect = true\n", garage.storage_toml("redirect"));
+    let server = WharfServer::start(Backend::Sqlite, &config);
+    let image = TestImage::builder().seed(98).tag("v1").build();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(RegistryClient::new(&server.addr).push_image("team/app", &image)).unwrap();
+
+    let layer = image.children[0].blobs().last().unwrap().clone();
+    let no_follow = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let url = format!("http://{}/v2/team/app/blobs/{}", server.addr, layer.digest);
+    let resp = rt.block_on(no_follow.get(&url).send()).unwrap();
+    assert_eq!(resp.status(), StatusCode::TEMPORARY_REDIRECT);
+    let location = resp.headers()["location"].to_str().unwrap().to_owned();
+    assert!(location.starts_with(&garage.endpoint) && location.contains("X-Amz-Signature"), "{location}");
+    // HEAD is answered by the registry itself; an unlinked digest is never redirected.
+    let head = rt.block_on(no_follow.head(&url).send()).unwrap();
+    assert_eq!(head.status(), StatusCode::OK);
+    let other = rt.block_on(no_follow.get(url.replace("team/app", "team/other")).send()).unwrap();
+    assert_eq!(other.status(), StatusCode::NOT_FOUND);
+
+    let out = tempfile::tempdir().unwrap();
+    let out_ref = format!("oci:{}:v1", out.path().display());
+    run_ok(skopeo(["copy", "--all", "--src-tls-verify=false"]).arg(server.docker_ref("team/app:v1")).arg(&out_ref));
+    assert_eq!(skopeo_inspect_raw(&out_ref), image.index.bytes);
+    let copied = std::fs::read(out.path().join("blobs/sha256").join(wharf_testkit::digest_hex(&layer.digest))).unwrap();
+    assert_eq!(digest_of(&copied), layer.digest);
+}
