@@ -213,7 +213,7 @@ fn mirror_runs(backend: Backend) {
 
 /// The advisory lock key of `name`, as wharf-metadata computes it (FNV-1a of a namespaced
 /// name): the same on every replica.
-fn lock_key(name: &str) -> i64 {
+pub(crate) fn lock_key(name: &str) -> i64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in "wharf-lock:".bytes().chain(name.bytes()) {
         h ^= u64::from(b);

@@ -15,7 +15,7 @@ struct Cluster {
     nginx: Nginx,
     replicas: Vec<WharfServer>,
     config: String,
-    _db: SharedDatabase,
+    db: SharedDatabase,
     garage: Garage,
 }
 
@@ -31,7 +31,7 @@ impl Cluster {
         let replicas: Vec<WharfServer> =
             (0..replicas).map(|_| WharfServer::start(Backend::FromConfig, &config)).collect();
         let nginx = Nginx::round_robin(&replicas.iter().map(|r| r.addr.clone()).collect::<Vec<_>>());
-        Cluster { nginx, replicas, config, _db: db, garage }
+        Cluster { nginx, replicas, config, db, garage }
     }
 
     fn front(&self, rest: &str) -> String {
@@ -352,4 +352,43 @@ fn redirect_mode_sends_blob_gets_to_a_presigned_url_that_skopeo_follows() {
     assert_eq!(skopeo_inspect_raw(&out_ref), image.index.bytes);
     let copied = std::fs::read(out.path().join("blobs/sha256").join(wharf_testkit::digest_hex(&layer.digest))).unwrap();
     assert_eq!(digest_of(&copied), layer.digest);
+}
+
+/// Garbage collection runs on one replica at a time: while another holds the gc lock (here a
+/// psql session on the shared database), `wharf gc` refuses; once it is free, gc runs.
+#[test]
+fn gc_waits_for_the_replica_that_holds_the_gc_lock() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let cluster = Cluster::start(1);
+    let dir = tempfile::tempdir().unwrap();
+    let config = cluster.config_file(dir.path());
+    let gc = || {
+        Command::new(env!("CARGO_BIN_EXE_wharf"))
+            .args(["gc", "--grace", "0s", "--config"])
+            .arg(&config)
+            .env("WHARF_LOG", "warn")
+            .output()
+            .expect("run wharf gc")
+    };
+    let mut holder = Command::new("psql")
+        .args(["-At", &cluster.db.url])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("psql must be installed (postgresql-client)");
+    let mut stdin = holder.stdin.take().unwrap();
+    writeln!(stdin, "SELECT pg_advisory_lock({});\nSELECT 'locked';", crate::mirrors::lock_key("job:gc")).unwrap();
+    let mut lines = BufReader::new(holder.stdout.take().unwrap()).lines();
+    assert!(lines.any(|l| l.is_ok_and(|l| l == "locked")), "psql did not take the lock");
+
+    let out = gc();
+    assert!(!out.status.success(), "gc ran beside another collector");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already running"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    drop(stdin);
+    holder.wait().unwrap();
+    let out = gc();
+    assert!(out.status.success(), "gc after the lock was freed: {}", String::from_utf8_lossy(&out.stderr));
 }
