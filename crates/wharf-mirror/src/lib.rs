@@ -59,5 +59,5 @@ pub use ref_name::{ImageName, RefName};
 pub use report::{CopyReport, ImageReport};
 pub use split::{PART_ANNOTATION, PARTS_ANNOTATION};
 pub use trust::{PlatformTrust, TrustReport};
-pub use wharf_trust::{PublicKey, Verdict};
 pub use verify::{VerifyReport, verify_archive, verify_layout};
+pub use wharf_trust::{PublicKey, Verdict};

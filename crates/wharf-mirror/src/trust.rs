@@ -90,7 +90,8 @@ pub(crate) async fn verify_at(
         let what = if parsed.is_index() { "index" } else { "image" };
         failures.push(format!("{what} {}: signature {}", top.digest, signature.describe()));
     }
-    let children: Vec<&Descriptor> = parsed.children().iter().filter(|d| real_platform(d).is_some()).collect();
+    let children: Vec<&Descriptor> =
+        parsed.children().iter().filter(|d| real_platform(d).is_some()).collect();
     let wanted = |d: &Descriptor| {
         platforms.is_empty() || real_platform(d).is_some_and(|p| platforms.iter().any(|w| w.selects(p)))
     };
@@ -124,7 +125,9 @@ pub(crate) async fn verify_at(
         }
     }
     for w in platforms.iter().filter(|w| !w.is_unknown()) {
-        if parsed.is_index() && !parsed.children().iter().any(|d| real_platform(d).is_some_and(|p| w.selects(p))) {
+        if parsed.is_index()
+            && !parsed.children().iter().any(|d| real_platform(d).is_some_and(|p| w.selects(p)))
+        {
             failures.push(format!("platform {w} is not in index {}", top.digest));
         }
     }
