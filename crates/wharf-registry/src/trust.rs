@@ -46,10 +46,13 @@ pub struct TrustRule {
     pub keys: Arc<Vec<PublicKey>>,
 }
 
-/// Verdicts by (repository, manifest digest): `None` allowed, `Some(reason)` refused.
+/// A verdict (`None` allowed, `Some(reason)` refused) and when it was reached.
+type Cached = (Option<String>, Instant);
+
+/// Verdicts by (repository, manifest digest).
 #[derive(Default)]
 pub(crate) struct TrustCache {
-    entries: Mutex<HashMap<(RepoName, Digest), (Option<String>, Instant)>>,
+    entries: Mutex<HashMap<(RepoName, Digest), Cached>>,
 }
 
 impl TrustCache {
