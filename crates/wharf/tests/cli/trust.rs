@@ -245,3 +245,71 @@ fn trust_rule_refuses_podman_pulling_an_unsigned_image() {
     rt.block_on(client.push_artifact("prod/unsigned", &late)).unwrap();
     run_ok(pull("prod/unsigned"));
 }
+
+#[test]
+fn sync_verify_key_refuses_per_image_and_layouts_verify_too() {
+    let keys = tempfile::tempdir().unwrap();
+    let vendor = CosignKey::from_seed(9);
+    let good = write_key(keys.path(), "vendor.pub", &vendor);
+    let wrong = write_key(keys.path(), "other.pub", &CosignKey::from_seed(10));
+    let upstream = Distribution::start();
+    let host = upstream.url().trim_start_matches("http://").to_owned();
+    let app = TestImage::builder().seed(36).tag("v1").build();
+    let db = TestImage::builder().seed(37).tag("v1").build();
+    push_signed(&upstream.client(), &host, "team/app", &app, &vendor, false);
+    push_signed(&upstream.client(), &host, "team/db", &db, &vendor, false);
+
+    // The default key verifies team/app; team/db names another key and is refused, alone.
+    let server = WharfServer::start(Backend::Sqlite, "[index_policy]\ndefault = \"sparse\"\n");
+    let layout = keys.path().join("bundle");
+    let config = keys.path().join("sync.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[defaults]
+platforms = ["linux/arm64"]
+dest = "docker://{}/mirror"
+verify_key = {:?}
+
+[[images]]
+source = "docker://{host}/team/app"
+tags = ["v1"]
+
+[[images]]
+source = "docker://{host}/team/db"
+tags = ["v1"]
+verify_key = {:?}
+
+[[images]]
+source = "docker://{host}/team/app"
+tags = ["v1"]
+dest = "oci:{}"
+"#,
+            server.addr,
+            good.to_str().unwrap(),
+            wrong.to_str().unwrap(),
+            layout.display(),
+        ),
+    )
+    .unwrap();
+    let out = run_output(wharf().args(["sync", "--config", config.to_str().unwrap(), "--json"]));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(!out.status.success(), "a refused image fails the run: {report}");
+    let rows = report["images"].as_array().unwrap();
+    let row = |i: usize| &rows[i];
+    assert_eq!(row(0)["status"], "copied", "{report}");
+    assert_eq!(row(2)["status"], "copied", "{report}");
+    let why = row(1)["error"].as_str().unwrap();
+    assert!(
+        why.contains("refusing to copy") && why.contains("team/db") && why.contains("does not verify"),
+        "{why}"
+    );
+
+    // The OCI layout written by the partial copy verifies, with three platforms absent.
+    let image = format!("oci:{}:team/app:v1", layout.display());
+    let (ok, report, err) = verify_json(&[&image, "--key", good.to_str().unwrap()]);
+    assert!(ok, "{err}\n{report}");
+    let absent = report["platforms"].as_array().unwrap().iter().filter(|p| p["present"] == false).count();
+    assert_eq!(absent, 3, "{report}");
+}
