@@ -428,6 +428,41 @@ mod tests {
         assert!(format!("{e:#}").contains("dest"), "{e:#}");
         let e = bad(&format!("[[mirrors]]\n{}dest = \"m/x\"\n", one.replace("1h", "often")));
         assert!(format!("{e:#}").contains("interval"), "{e:#}");
+        // verify_key is read when the config is checked: a key that is not there, or not a
+        // public key, stops the start naming the mirror and the file.
+        let e = bad(&format!("[[mirrors]]\n{one}dest = \"m/x\"\nverify_key = \"/nonexistent/vendor.pub\"\n"));
+        assert!(format!("{e:#}").contains("/nonexistent/vendor.pub"), "{e:#}");
+    }
+
+    #[test]
+    fn reads_and_checks_trust_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("vendor.pub");
+        // A P-256 key as `cosign generate-key-pair` writes cosign.pub.
+        std::fs::write(
+            &good,
+            "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEb0BQ5rNplij8lAVRAJOV1mtuxZaD\n\
+             fFxS7rlAqsx0XZ8xIb/iVpsN52WN5PVJv/b9XdmihpisCBqrVbv/FVio7g==\n-----END PUBLIC KEY-----\n",
+        )
+        .unwrap();
+        let junk = dir.path().join("junk.pub");
+        std::fs::write(&junk, "not a key").unwrap();
+        let config = |keys: &str| {
+            let file: ServerFile =
+                toml::from_str(&format!("[[trust]]\npattern = \"prod/**\"\nkeys = {keys}\n")).unwrap();
+            registry_config(&file, None)
+        };
+        let c = config(&format!("[{:?}]", good.to_str().unwrap())).unwrap();
+        assert_eq!(c.trust.len(), 1);
+        assert!(c.trust[0].pattern.matches(&"prod/team/app".parse().unwrap()));
+        for (keys, needle) in [
+            ("[]".to_owned(), "keys is empty"),
+            (format!("[{:?}]", junk.to_str().unwrap()), "malformed public key"),
+            ("[\"/nonexistent/k.pub\"]".to_owned(), "reading key file /nonexistent/k.pub"),
+        ] {
+            let e = format!("{:#}", config(&keys).unwrap_err());
+            assert!(e.contains("trust[0]") && e.contains(needle), "{keys}: {e}");
+        }
     }
 
     #[test]
