@@ -70,7 +70,15 @@ impl Copier {
         let top =
             top.ok_or_else(|| MirrorError::NotFound(format!("image {src} not found ({})", ep.describe())))?;
         let parsed = parse_manifest(&top, &ep)?;
-        verify_at(&ep, src.to_string(), &top, &parsed, platforms, keys).await
+        let mut report = verify_at(&ep, src.to_string(), &top, &parsed, platforms, keys).await?;
+        // A copy's platform filter passes a single image whole; asking `verify` for a
+        // platform of one is a mistake worth saying.
+        if !parsed.is_index() && !platforms.is_empty() {
+            report
+                .failures
+                .push(format!("{} is a single image, not an index: --platform does not apply", top.digest));
+        }
+        Ok(report)
     }
 }
 
@@ -130,9 +138,6 @@ pub(crate) async fn verify_at(
         {
             failures.push(format!("platform {w} is not in index {}", top.digest));
         }
-    }
-    if !parsed.is_index() && !platforms.is_empty() {
-        failures.push(format!("{} is a single image, not an index: --platform does not apply", top.digest));
     }
     Ok(TrustReport {
         image,
