@@ -219,6 +219,7 @@ fn trust_rule_refuses_podman_pulling_an_unsigned_image() {
         ])
     };
     let err = run_fails(pull("prod/unsigned"));
+    eprintln!("podman pull of an unsigned image: {err}");
     assert!(err.contains("serves only signed images") && err.contains("prod/unsigned"), "{err}");
     assert!(err.contains("no cosign signature"), "{err}");
     run_ok(pull("prod/signed"));
@@ -236,6 +237,23 @@ fn trust_rule_refuses_podman_pulling_an_unsigned_image() {
     assert_eq!(resp.status().as_u16(), 403);
     let body: Value = rt.block_on(resp.json()).unwrap();
     assert_eq!(body["errors"][0]["code"], "DENIED");
+    // HEAD too, also of a child by digest: pinned by the signed index, or refused with the
+    // unsigned one.
+    let head = |path: String| {
+        rt.block_on(
+            client
+                .request(reqwest::Method::HEAD, &path)
+                .header("Accept", wharf_testkit::ACCEPT_ALL_MANIFESTS.join(", "))
+                .send(),
+        )
+        .unwrap()
+        .status()
+        .as_u16()
+    };
+    assert_eq!(head("/v2/prod/unsigned/manifests/v1".into()), 403);
+    let child = |img: &TestImage| img.platform("linux/arm64").manifest.digest.clone();
+    assert_eq!(head(format!("/v2/prod/unsigned/manifests/{}", child(&unsigned))), 403);
+    assert_eq!(head(format!("/v2/prod/signed/manifests/{}", child(&signed))), 200);
     let sig_tag = sig.tag.clone().unwrap();
     assert!(rt.block_on(client.get_manifest("prod/signed", &sig_tag)).is_ok());
 
