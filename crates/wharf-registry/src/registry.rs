@@ -307,7 +307,7 @@ impl Registry {
     /// A manifest to serve; in a `[[trust]]` repository only if its signature verifies.
     pub async fn get_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<ServedManifest> {
         let m = self.read_manifest(repo, reference).await?;
-        self.enforce_trust(repo, reference, &m.digest, Some(&m.content)).await?;
+        self.enforce_trust(repo, &m.digest, Some(&m.content)).await?;
         Ok(m)
     }
 
@@ -365,7 +365,7 @@ impl Registry {
         may_fill: bool,
     ) -> Result<(Digest, String, u64)> {
         let stat = self.stat_unchecked(repo, reference, may_fill).await?;
-        self.enforce_trust(repo, reference, &stat.0, None).await?;
+        self.enforce_trust(repo, &stat.0, None).await?;
         Ok(stat)
     }
 

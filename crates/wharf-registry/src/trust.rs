@@ -3,8 +3,9 @@
 //! signature found in this registry (the tag `sha256-<hex>.sig`, or a referrer with cosign's
 //! signature artifact type) verifies under one of the rule's keys.
 //!
-//! - Signatures, attestations, SBOMs and other referrers stay readable: they are how a client
-//!   checks trust, and they are not runnable images (see [`is_exempt`]).
+//! - Signatures, attestations, SBOMs and other artifacts stay readable: they are how a client
+//!   checks trust. What is exempt is decided by content (not runnable: see [`is_exempt`]),
+//!   never by a tag or a `subject`, which anyone with push rights could put on an image.
 //! - A child of an index is served when an index of the repository that lists it verifies:
 //!   the signed index pins its children by digest, and `docker`/`podman` pull a platform by
 //!   the digest the index names. A child with its own valid signature is served too.
@@ -18,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
-use wharf_oci::{Digest, Manifest, ManifestKind, Reference, RepoName, Tag};
+use wharf_oci::{Digest, Manifest, ManifestKind, RepoName, Tag};
 use wharf_trust::{Assessment, COSIGN_SIG_ARTIFACT, PublicKey, Verdict};
 
 use crate::error::{RegistryError, Result};
@@ -32,12 +33,9 @@ pub const REFUSED_TTL: Duration = Duration::from_secs(10);
 /// Simple-signing payloads are small; a bigger layer is not read.
 const MAX_PAYLOAD: u64 = 1024 * 1024;
 
-/// Layer media types of cosign signatures and attestations.
-const SIGNATURE_LAYER_TYPES: [&str; 3] = [
-    wharf_trust::SIMPLE_SIGNING_MEDIA_TYPE,
-    "application/vnd.dsse.envelope.v1+json",
-    "application/vnd.in-toto+json",
-];
+/// Config media types of images a runtime runs.
+const RUNNABLE_CONFIGS: [&str; 2] =
+    ["application/vnd.oci.image.config.v1+json", "application/vnd.docker.container.image.v1+json"];
 
 /// One `[[trust]]` rule: repositories matching `pattern` serve only what verifies under `keys`.
 #[derive(Debug, Clone)]
@@ -98,22 +96,16 @@ fn tag_subject(tag: &str) -> Option<Digest> {
     Digest::from_tag_form(base)
 }
 
-/// Manifests that are about another one (signatures, attestations, SBOMs, referrers, the
-/// referrers tag-schema index) are always readable: reached by a cosign or referrers tag, or
-/// carrying a `subject`, an `artifactType`, or cosign's signature or attestation layers.
-pub(crate) fn is_exempt(reference: &Reference, manifest: &Manifest) -> bool {
-    if let Reference::Tag(t) = reference
-        && tag_subject(t.as_str()).is_some()
-    {
-        return true;
-    }
-    if manifest.subject.is_some() || manifest.artifact_type.is_some() {
-        return true;
-    }
+/// Manifests a runtime cannot run (signatures, attestations, SBOMs, other artifacts) are
+/// always readable: they are how clients check trust. Decided by content, not by tag or
+/// `subject`, which anyone with push rights could put on a runnable image: exempt is an image
+/// manifest whose config is not an image config, or none of whose layers is a filesystem tar
+/// (cosign's signatures carry simple-signing layers, attestations DSSE envelopes).
+pub(crate) fn is_exempt(manifest: &Manifest) -> bool {
     match &manifest.kind {
-        ManifestKind::Image { layers, .. } => {
-            !layers.is_empty()
-                && layers.iter().all(|l| SIGNATURE_LAYER_TYPES.contains(&l.media_type.as_str()))
+        ManifestKind::Image { config, layers } => {
+            !RUNNABLE_CONFIGS.contains(&config.media_type.as_str())
+                || !layers.iter().any(|l| l.media_type.contains(".tar") || l.media_type.contains(".layer."))
         }
         ManifestKind::Index { .. } => false,
     }
@@ -130,7 +122,6 @@ impl Registry {
     pub(crate) async fn enforce_trust(
         &self,
         repo: &RepoName,
-        reference: &Reference,
         digest: &Digest,
         bytes: Option<&[u8]>,
     ) -> Result<()> {
@@ -150,8 +141,9 @@ impl Registry {
             },
         };
         let parsed = Manifest::parse(None, bytes).ok();
-        if parsed.as_ref().is_some_and(|m| is_exempt(reference, m)) {
-            // Not cached: exemption depends on how the manifest was asked for.
+        if parsed.as_ref().is_some_and(is_exempt) {
+            // Decided by the bytes alone, which the digest fixes.
+            self.trust_cache().put(repo, digest, None);
             return Ok(());
         }
         let verdict = self.trust_verdict(repo, digest, &rule.keys).await?;
@@ -272,28 +264,56 @@ fn denied(repo: &RepoName, rule: &TrustRule, digest: &Digest, reason: &str) -> R
 mod tests {
     use super::*;
 
+    fn manifest(config: &str, layers: &[&str], extra: &str) -> Manifest {
+        let d = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a";
+        let layers: Vec<String> =
+            layers.iter().map(|m| format!(r#"{{"mediaType":"{m}","digest":"{d}","size":2}}"#)).collect();
+        let text = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",{extra}"config":{{"mediaType":"{config}","digest":"{d}","size":2}},"layers":[{}]}}"#,
+            layers.join(",")
+        );
+        Manifest::parse(None, text.as_bytes()).unwrap()
+    }
+
     #[test]
     fn exemptions() {
+        let image_config = "application/vnd.oci.image.config.v1+json";
+        let tar = "application/vnd.oci.image.layer.v1.tar+gzip";
+        let cases: &[(Manifest, bool)] = &[
+            (manifest(image_config, &[tar], ""), false),
+            (
+                manifest(
+                    "application/vnd.docker.container.image.v1+json",
+                    &["application/vnd.docker.image.rootfs.diff.tar.gzip"],
+                    "",
+                ),
+                false,
+            ),
+            // A subject or an artifactType does not make a runnable image exempt.
+            (manifest(image_config, &[tar], r#""artifactType":"application/x","#), false),
+            // cosign signature (tag form: image config, simple-signing layer).
+            (manifest(image_config, &[wharf_trust::SIMPLE_SIGNING_MEDIA_TYPE], ""), true),
+            // cosign attestation, SBOM attached by cosign.
+            (manifest(image_config, &["application/vnd.dsse.envelope.v1+json"], ""), true),
+            (manifest(image_config, &["text/spdx+json"], ""), true),
+            // OCI 1.1 artifacts: the empty config.
+            (
+                manifest(
+                    "application/vnd.oci.empty.v1+json",
+                    &[tar],
+                    r#""artifactType":"application/spdx+json","#,
+                ),
+                true,
+            ),
+        ];
+        for (i, (m, exempt)) in cases.iter().enumerate() {
+            assert_eq!(is_exempt(m), *exempt, "case {i}");
+        }
         let d = Digest::sha256_of(b"x");
-        let tag = |s: String| Reference::Tag(s.parse().unwrap());
-        let image = Manifest::parse(
-            None,
-            br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2}]}"#,
-        )
-        .unwrap();
-        assert!(!is_exempt(&tag("v1".into()), &image));
-        assert!(!is_exempt(&Reference::Digest(d.clone()), &image));
         for suffix in ["", ".sig", ".att", ".sbom"] {
-            assert!(is_exempt(&tag(format!("{}{suffix}", d.tag_form())), &image), "{suffix}");
             assert_eq!(tag_subject(&format!("{}{suffix}", d.tag_form())), Some(d.clone()));
         }
         assert_eq!(tag_subject("sha256-nothex.sig"), None);
-        let sig = Manifest::parse(
-            None,
-            br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[{"mediaType":"application/vnd.dev.cosign.simplesigning.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2}]}"#,
-        )
-        .unwrap();
-        assert!(is_exempt(&Reference::Digest(d), &sig));
     }
 
     #[test]

@@ -254,6 +254,11 @@ fn trust_rule_refuses_podman_pulling_an_unsigned_image() {
     let child = |img: &TestImage| img.platform("linux/arm64").manifest.digest.clone();
     assert_eq!(head(format!("/v2/prod/unsigned/manifests/{}", child(&unsigned))), 403);
     assert_eq!(head(format!("/v2/prod/signed/manifests/{}", child(&signed))), 200);
+    // A runnable image under a cosign-looking tag is no signature: it must verify too.
+    let sneaky_tag = wharf_testkit::sign::cosign_signature_tag(&unsigned.index.digest);
+    let sneaky = TestImage::builder().seed(38).tag(&sneaky_tag).build();
+    rt.block_on(client.push_image("prod/sneaky", &sneaky)).unwrap();
+    assert_eq!(head(format!("/v2/prod/sneaky/manifests/{sneaky_tag}")), 403);
     let sig_tag = sig.tag.clone().unwrap();
     assert!(rt.block_on(client.get_manifest("prod/signed", &sig_tag)).is_ok());
 
