@@ -10,6 +10,7 @@ use wharf_oci::{Digest, Platform, Reference, RepoName};
 use crate::endpoint::Endpoint;
 use crate::job::{Job, parse_manifest};
 use crate::layouts::LayoutHandle;
+use crate::trust::verify_at;
 use crate::{BlobLedger, CopyReport, ImageName, ImageRef, ImageReport, MirrorError, NoProgress, Progress};
 
 /// How to copy.
@@ -38,6 +39,9 @@ pub struct CopyOptions {
     /// Split a destination `oci-archive:` into parts of at most this many bytes (`FILE`,
     /// `FILE.part2`, ...), each a complete layout holding whole images.
     pub max_archive_size: Option<u64>,
+    /// Verify the source's cosign signatures with these keys (the index and each selected
+    /// child) before anything is written, and refuse the copy when they do not verify.
+    pub verify_keys: Option<Arc<Vec<wharf_trust::PublicKey>>>,
 }
 
 impl Default for CopyOptions {
@@ -53,6 +57,7 @@ impl Default for CopyOptions {
             lookup_credentials: true,
             dry_run: false,
             max_archive_size: None,
+            verify_keys: None,
         }
     }
 }
@@ -153,6 +158,19 @@ impl Copier {
         dst: &ImageRef,
         platforms: &[Platform],
     ) -> Result<CopyReport, MirrorError> {
+        let keys = self.opts.verify_keys.clone();
+        self.copy_verified(src, dst, platforms, keys.as_deref().map(Vec::as_slice)).await
+    }
+
+    /// As [`Copier::copy_platforms`], verifying the source's signatures with `keys` (when
+    /// given, whatever the options say) before anything is written to `dst`.
+    pub async fn copy_verified(
+        &self,
+        src: &ImageRef,
+        dst: &ImageRef,
+        platforms: &[Platform],
+        keys: Option<&[wharf_trust::PublicKey]>,
+    ) -> Result<CopyReport, MirrorError> {
         self.progress.image_started(&src.to_string(), &dst.to_string());
         let dest_name = destination_name(src, dst)?;
         let src_ep = self.endpoint(src, Role::Source).await?;
@@ -174,6 +192,16 @@ impl Copier {
             )));
         }
         let parsed = parse_manifest(&top, &job.src)?;
+        if let Some(keys) = keys {
+            let trust = verify_at(&job.src, src.to_string(), &top, &parsed, platforms, keys).await?;
+            if !trust.is_ok() {
+                return Err(MirrorError::Untrusted(format!(
+                    "refusing to copy {src}: its signatures do not verify at the source, nothing was \
+                     written to {dst}: {}",
+                    trust.failures.join("; ")
+                )));
+            }
+        }
         let mut image = ImageReport {
             source: src.to_string(),
             destination: dst.to_string(),
@@ -242,7 +270,7 @@ impl Copier {
     }
 
     /// The endpoint for an image reference.
-    async fn endpoint(&self, r: &ImageRef, role: Role) -> Result<Endpoint, MirrorError> {
+    pub(crate) async fn endpoint(&self, r: &ImageRef, role: Role) -> Result<Endpoint, MirrorError> {
         match r {
             ImageRef::Docker { host, repo, .. } => {
                 let key = (host.clone(), repo.clone(), role);

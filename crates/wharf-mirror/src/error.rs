@@ -16,6 +16,9 @@ pub enum MirrorError {
     /// The destination does not accept the sparse index this copy would produce.
     #[error("{0}")]
     SparseRefused(String),
+    /// The source's signatures do not verify with the keys given (`--verify-key`).
+    #[error("{0}")]
+    Untrusted(String),
     /// A registry request failed; `context` says what was being done.
     #[error("{context}: {source}")]
     Client {

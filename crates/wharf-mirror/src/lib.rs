@@ -45,6 +45,7 @@ mod select;
 mod split;
 mod stream;
 mod transfer;
+mod trust;
 mod verify;
 
 pub use archive::{archive_parts, part_path};
@@ -57,4 +58,6 @@ pub use progress::{BlobOutcome, NoProgress, Progress};
 pub use ref_name::{ImageName, RefName};
 pub use report::{CopyReport, ImageReport};
 pub use split::{PART_ANNOTATION, PARTS_ANNOTATION};
+pub use trust::{PlatformTrust, TrustReport};
 pub use verify::{VerifyReport, verify_archive, verify_layout};
+pub use wharf_trust::{PublicKey, Verdict};

@@ -47,6 +47,9 @@ pub enum RegistryError {
     IndexChildrenMissing { policy: String, missing: Vec<MissingChild> },
     #[error("{0}")]
     Unsupported(String),
+    /// Refused by policy (`[[trust]]`: the manifest's signature does not verify).
+    #[error("{0}")]
+    Denied(String),
     #[error(transparent)]
     Storage(StorageError),
     #[error(transparent)]

@@ -9,6 +9,7 @@ pub mod gc;
 pub mod policy;
 pub mod registry;
 pub mod report;
+pub mod trust;
 pub mod upstream;
 
 pub use cache::ServedManifest;
@@ -20,4 +21,5 @@ pub use gc::{
 pub use policy::{IndexPolicy, IndexRule, RepoPattern};
 pub use registry::{MountOutcome, PushedManifest, Registry, RegistryConfig};
 pub use report::{ChildReport, IndexReport, ReferrerReport, RepoStorageReport, StorageReport, StorageTotals};
+pub use trust::TrustRule;
 pub use upstream::{BoxFuture, Upstream, UpstreamManifest, UpstreamRule};

@@ -13,6 +13,7 @@ use wharf_storage::{BlobRead, BlobStore, BodyStream, StorageError};
 use crate::error::{MissingChild, RegistryError, Result};
 use crate::policy::{IndexPolicy, IndexRule};
 use crate::report::{ChildReport, IndexReport, ReferrerReport, StorageReport};
+use crate::trust::{TrustCache, TrustRule, signed_subject};
 use crate::upstream::{Upstream, UpstreamRule};
 
 /// Settings that change what the registry accepts.
@@ -23,6 +24,8 @@ pub struct RegistryConfig {
     pub foreign_layer_urls: Vec<String>,
     /// Upstreams that fill absent manifests and blobs on demand; first matching pattern wins.
     pub upstreams: Vec<UpstreamRule>,
+    /// `[[trust]]`: repositories that serve only manifests whose signature verifies.
+    pub trust: Vec<TrustRule>,
 }
 
 #[derive(Clone)]
@@ -36,6 +39,8 @@ struct Inner {
     config: RegistryConfig,
     /// Present when this process is the metadata's only writer (SQLite).
     tag_cache: Option<TagCache>,
+    /// Signature verdicts of `[[trust]]` repositories.
+    trust_cache: TrustCache,
 }
 
 /// What a successful manifest push reports back.
@@ -59,7 +64,9 @@ pub enum MountOutcome {
 impl Registry {
     pub fn new(blobs: BlobStore, meta: MetadataStore, config: RegistryConfig) -> Registry {
         let tag_cache = (meta.backend() == "sqlite").then(TagCache::default);
-        Registry { inner: Arc::new(Inner { blobs, meta, config, tag_cache }) }
+        Registry {
+            inner: Arc::new(Inner { blobs, meta, config, tag_cache, trust_cache: TrustCache::default() }),
+        }
     }
 
     pub fn config(&self) -> &RegistryConfig {
@@ -68,6 +75,10 @@ impl Registry {
 
     pub fn metadata(&self) -> &MetadataStore {
         &self.inner.meta
+    }
+
+    pub(crate) fn trust_cache(&self) -> &TrustCache {
+        &self.inner.trust_cache
     }
 
     pub fn blob_store(&self) -> &BlobStore {
@@ -293,7 +304,14 @@ impl Registry {
         })
     }
 
+    /// A manifest to serve; in a `[[trust]]` repository only if its signature verifies.
     pub async fn get_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<ServedManifest> {
+        let m = self.read_manifest(repo, reference).await?;
+        self.enforce_trust(repo, &m.digest, Some(&m.content)).await?;
+        Ok(m)
+    }
+
+    async fn read_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<ServedManifest> {
         let served = |m: StoredManifest| ServedManifest {
             digest: m.digest,
             media_type: m.media_type,
@@ -346,12 +364,24 @@ impl Registry {
         reference: &Reference,
         may_fill: bool,
     ) -> Result<(Digest, String, u64)> {
+        let stat = self.stat_unchecked(repo, reference, may_fill).await?;
+        self.enforce_trust(repo, &stat.0, None).await?;
+        Ok(stat)
+    }
+
+    /// As [`Registry::stat_manifest`], without `[[trust]]` (reports, which serve no image).
+    async fn stat_unchecked(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        may_fill: bool,
+    ) -> Result<(Digest, String, u64)> {
         // By tag, HEAD takes the GET path: served from the tag cache, or one query that
         // resolves the tag and reads the row, instead of two.
         let digest = match reference {
             Reference::Digest(d) => d,
             Reference::Tag(_) => {
-                let m = self.get_manifest(repo, reference).await?;
+                let m = self.read_manifest(repo, reference).await?;
                 return Ok((m.digest, m.media_type, m.content.len() as u64));
             }
         };
@@ -420,6 +450,9 @@ impl Registry {
             .await?;
         // After the commit: a reader that saw the old tag cannot fill the cache any more.
         self.invalidate(repo);
+        if let Some(signed) = signed_subject(&manifest, tag) {
+            self.inner.trust_cache.signature_pushed(repo, &signed);
+        }
         Ok(PushedManifest { digest, subject })
     }
 
@@ -496,6 +529,7 @@ impl Registry {
             Reference::Tag(t) => self.inner.meta.delete_tag(repo, t).await?,
         };
         self.invalidate(repo);
+        self.inner.trust_cache.forget_repo(repo);
         if deleted { Ok(()) } else { Err(self.manifest_unknown(repo, reference).await?) }
     }
 
@@ -650,7 +684,7 @@ impl Registry {
     /// Which children of an index are here, what they weigh, and what the whole would.
     pub async fn index_report(&self, repo: &RepoName, reference: &Reference) -> Result<IndexReport> {
         // A report looks, it does not fill.
-        let (digest, media_type, size) = self.stat_manifest(repo, reference, false).await?;
+        let (digest, media_type, size) = self.stat_unchecked(repo, reference, false).await?;
         let children = self.inner.meta.index_children(repo, &digest).await?;
         let mut reports = Vec::with_capacity(children.len());
         for child in children {

@@ -65,6 +65,7 @@ impl From<RegistryError> for ApiError {
             E::ManifestBlobUnknown { .. } => (StatusCode::BAD_REQUEST, ErrorCode::ManifestBlobUnknown),
             E::IndexChildrenMissing { .. } => (StatusCode::BAD_REQUEST, ErrorCode::ManifestBlobUnknown),
             E::Unsupported(_) => (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::Unsupported),
+            E::Denied(_) => (StatusCode::FORBIDDEN, ErrorCode::Denied),
             E::Storage(StorageError::Unavailable(_)) | E::Metadata(MetadataError::Unavailable(_)) => {
                 // Nothing was changed; the client should retry once the service is back.
                 tracing::warn!(error = %e, "backing service unavailable");

@@ -135,9 +135,13 @@ pub async fn load_bundle(
             let tag = reference.to_string();
             let source = with_name(part, name);
             match dest.image_ref(repo.as_str(), &reference, Rule::Prefix) {
-                Ok(destination) => {
-                    planned.push(Planned::Copy(Task { source, destination, tag, platforms: Vec::new() }))
-                }
+                Ok(destination) => planned.push(Planned::Copy(Task {
+                    source,
+                    destination,
+                    tag,
+                    platforms: Vec::new(),
+                    verify_keys: None,
+                })),
                 Err(e) => planned.push(Planned::Failed(ImageRow::failed(
                     source.to_string(),
                     tag,

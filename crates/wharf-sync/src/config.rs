@@ -1,6 +1,9 @@
 //! The sync file (TOML): defaults, then one `[[images]]` entry per source repository.
 
 use std::path::Path;
+use std::sync::Arc;
+
+use wharf_trust::PublicKey;
 
 use wharf_mirror::ImageRef;
 use wharf_oci::{Digest, Platform};
@@ -40,6 +43,9 @@ pub struct Defaults {
     pub blob_jobs: Option<usize>,
     #[serde(default)]
     pub no_referrers: bool,
+    /// A public key (PEM, cosign.pub): copy only images whose index and selected platforms
+    /// carry a cosign signature that verifies with it, checked at the source before writing.
+    pub verify_key: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, serde::Deserialize)]
@@ -54,6 +60,8 @@ pub struct ImageSpec {
     pub digests: Option<Vec<String>>,
     pub platforms: Option<Vec<String>>,
     pub dest: Option<String>,
+    /// Overrides `defaults.verify_key` for this entry.
+    pub verify_key: Option<std::path::PathBuf>,
 }
 
 impl ImageSpec {
@@ -82,6 +90,15 @@ impl ImageSpec {
     }
 }
 
+/// Read the public key of a `verify_key` setting, naming the file on failure.
+pub fn load_verify_key(path: &Path) -> Result<Arc<Vec<PublicKey>>, SyncError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| SyncError::Config(format!("verify_key {}: {e}", path.display())))?;
+    let key = PublicKey::from_pem(&text)
+        .map_err(|e| SyncError::Config(format!("verify_key {}: {e}", path.display())))?;
+    Ok(Arc::new(vec![key]))
+}
+
 impl SyncConfig {
     pub fn load(path: &Path) -> Result<SyncConfig, SyncError> {
         let text = std::fs::read_to_string(path)
@@ -100,6 +117,9 @@ impl SyncConfig {
         }
         if let Some(d) = &self.defaults.dest {
             d.parse::<Destination>().map_err(|e| SyncError::Config(format!("defaults.dest: {e}")))?;
+        }
+        if let Some(k) = &self.defaults.verify_key {
+            load_verify_key(k).map_err(|e| SyncError::Config(format!("defaults: {e}")))?;
         }
         if self.defaults.jobs == Some(0) || self.defaults.blob_jobs == Some(0) {
             return Err(SyncError::Config("defaults: jobs and blob_jobs must be at least 1".into()));
@@ -127,6 +147,9 @@ impl SyncConfig {
                 return Err(at(
                     "say which tags: tags, tags_regex, tags_semver, tags_latest or digests".into()
                 ));
+            }
+            if let Some(k) = &img.verify_key {
+                load_verify_key(k).map_err(|e| at(e.to_string()))?;
             }
             if let Some(p) = &img.platforms {
                 parse_platforms(p).map_err(at)?;

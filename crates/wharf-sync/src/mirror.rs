@@ -44,6 +44,8 @@ pub struct MirrorSpec {
     pub tls_verify: Option<bool>,
     /// Extra CA certificates (`*.crt`) for the source.
     pub cert_dir: Option<PathBuf>,
+    /// A public key (PEM, cosign.pub): mirror only what verifies with it at the source.
+    pub verify_key: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for MirrorSpec {
@@ -62,6 +64,7 @@ impl std::fmt::Debug for MirrorSpec {
             .field("credentials", &self.credentials.as_ref().map(|_| "<redacted>"))
             .field("tls_verify", &self.tls_verify)
             .field("cert_dir", &self.cert_dir)
+            .field("verify_key", &self.verify_key)
             .finish()
     }
 }
@@ -148,6 +151,7 @@ impl MirrorSpec {
                 digests: self.digests.clone(),
                 platforms: self.platforms.clone(),
                 dest: Some(format!("docker://{}/{}", target.host, self.dest)),
+                verify_key: self.verify_key.clone(),
             }],
         }
     }

@@ -22,6 +22,8 @@ pub(crate) struct Task {
     /// The tag (or digest) selected, for the report.
     pub tag: String,
     pub platforms: Vec<Platform>,
+    /// Keys the source's signatures must verify with (`verify_key`), checked before writing.
+    pub verify_keys: Option<std::sync::Arc<Vec<wharf_trust::PublicKey>>>,
 }
 
 pub(crate) enum Planned {
@@ -89,6 +91,10 @@ async fn plan_entry(copier: &Copier, config: &SyncConfig, spec: &ImageSpec) -> E
     let (dest, rule) = spec.destination(&config.defaults).map_err(fail)?;
     let platforms = parse_platforms(spec.platforms.as_ref().unwrap_or(&config.defaults.platforms))
         .map_err(|e| fail(SyncError::Config(e)))?;
+    let verify_keys = match spec.verify_key.as_ref().or(config.defaults.verify_key.as_ref()) {
+        Some(path) => Some(crate::config::load_verify_key(path).map_err(fail)?),
+        None => None,
+    };
     // Explicit tags and digests of a registry need no listing (hundreds of entries: fewer
     // requests); a missing one fails its copy, by name.
     let listed = spec.tags_regex.is_some() || spec.tags_semver.is_some() || spec.tags_latest.is_some();
@@ -113,6 +119,7 @@ async fn plan_entry(copier: &Copier, config: &SyncConfig, spec: &ImageSpec) -> E
                     destination,
                     tag: img.reference.to_string(),
                     platforms: platforms.clone(),
+                    verify_keys: verify_keys.clone(),
                 }),
                 Err(e) => Planned::Failed(ImageRow::failed(
                     img.source.to_string(),

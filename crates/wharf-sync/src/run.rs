@@ -117,7 +117,12 @@ pub(crate) async fn execute(
     let mut report = SyncReport { dry_run, ..Default::default() };
     let done: Vec<(usize, ImageRow, Vec<String>)> =
         futures_util::stream::iter(tasks.into_iter().map(|(i, t)| async move {
-            match copier.copy_platforms(&t.source, &t.destination, &t.platforms).await {
+            let keys = t.verify_keys.as_deref().map(Vec::as_slice);
+            let copied = match keys {
+                Some(k) => copier.copy_verified(&t.source, &t.destination, &t.platforms, Some(k)).await,
+                None => copier.copy_platforms(&t.source, &t.destination, &t.platforms).await,
+            };
+            match copied {
                 Ok(r) => (i, ImageRow::from_copy(t.tag, &r, dry_run), r.warnings),
                 Err(e) => {
                     let row = ImageRow::failed(

@@ -58,6 +58,14 @@ impl CosignKey {
         *self.signing.verifying_key()
     }
 
+    /// The public key as `cosign generate-key-pair` writes `cosign.pub` (PKIX PEM).
+    pub fn public_key_pem(&self) -> String {
+        use p256::pkcs8::EncodePublicKey as _;
+        self.verifying_key()
+            .to_public_key_pem(p256::pkcs8::LineEnding::LF)
+            .expect("a P-256 public key encodes")
+    }
+
     /// base64 of the DER-encoded signature over `payload` (as cosign writes it).
     pub fn sign(&self, payload: &[u8]) -> String {
         let sig: Signature = self.signing.sign(payload);
@@ -118,6 +126,39 @@ pub fn cosign_style_signature(key: &CosignKey, docker_reference: &str, subject_d
         }),
     );
     Artifact { tag: Some(cosign_signature_tag(subject_digest)), manifest, blobs: vec![config, payload] }
+}
+
+/// The artifact type of a cosign signature stored as an OCI 1.1 referrer.
+pub const COSIGN_SIG_ARTIFACT: &str = "application/vnd.dev.cosign.artifact.sig.v1+json";
+
+/// A cosign signature of `subject` in the OCI 1.1 referrers form (as `cosign sign` with
+/// `COSIGN_EXPERIMENTAL=1 --registry-referrers-mode=oci-1-1` writes it): no tag, an
+/// `artifactType`, the empty config and a `subject`. `payload` overrides the simple-signing
+/// payload that is stored (the signature is always over the genuine one): a tampered payload.
+pub fn cosign_referrer_signature(
+    key: &CosignKey,
+    docker_reference: &str,
+    subject: &Descriptor,
+    stored_payload: Option<Vec<u8>>,
+) -> Artifact {
+    let genuine = simple_signing_payload(docker_reference, &subject.digest);
+    let signature = key.sign(&genuine);
+    let payload = Blob::new(media_type::COSIGN_SIMPLESIGNING, stored_payload.unwrap_or(genuine));
+    let config = empty_config();
+    let mut layer = payload.descriptor().to_json();
+    layer["annotations"] = json!({ COSIGN_SIGNATURE_ANNOTATION: signature });
+    let manifest = Manifest::from_json(
+        media_type::OCI_MANIFEST,
+        &json!({
+            "schemaVersion": 2,
+            "mediaType": media_type::OCI_MANIFEST,
+            "artifactType": COSIGN_SIG_ARTIFACT,
+            "config": config.descriptor().to_json(),
+            "layers": [layer],
+            "subject": subject.to_json(),
+        }),
+    );
+    Artifact { tag: None, manifest, blobs: vec![config, payload] }
 }
 
 /// Why a signature does not verify.

@@ -30,6 +30,9 @@ pub struct ServerFile {
     /// The registry's own scheduled mirrors (see `crate::mirrors`).
     #[serde(default)]
     pub mirrors: Vec<wharf_sync::MirrorSpec>,
+    /// `[[trust]]`: repositories that serve only images whose cosign signature verifies.
+    #[serde(default)]
+    pub trust: Vec<TrustFile>,
     /// Authentication and permissions; absent: everyone has full access, anonymously.
     pub auth: Option<AuthFile>,
     /// Serve HTTPS; absent: plain HTTP.
@@ -235,7 +238,42 @@ pub fn registry_config(file: &ServerFile, default_policy: Option<&str>) -> anyho
         index_policy: IndexPolicy { default, repositories },
         foreign_layer_urls: file.foreign_layer_urls.clone(),
         upstreams: crate::upstream::upstream_rules(&file.upstreams)?,
+        trust: trust_rules(&file.trust)?,
     })
+}
+
+/// One `[[trust]]` entry: a pull in a repository matching `pattern` is refused unless the
+/// manifest (or the index that lists it) carries a cosign signature that verifies under one
+/// of `keys` (PEM public key files, as cosign.pub).
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustFile {
+    pub pattern: String,
+    pub keys: Vec<PathBuf>,
+}
+
+fn trust_rules(entries: &[TrustFile]) -> anyhow::Result<Vec<wharf_registry::TrustRule>> {
+    let mut rules = Vec::new();
+    for (i, t) in entries.iter().enumerate() {
+        let at = || format!("trust[{i}] (pattern {:?})", t.pattern);
+        if t.keys.is_empty() {
+            bail!("{}: keys is empty: name at least one public key file", at());
+        }
+        let mut keys = Vec::new();
+        for path in &t.keys {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("{}: reading key file {}", at(), path.display()))?;
+            keys.push(
+                wharf_trust::PublicKey::from_pem(&text)
+                    .with_context(|| format!("{}: key file {}", at(), path.display()))?,
+            );
+        }
+        rules.push(wharf_registry::TrustRule {
+            pattern: RepoPattern::new(&t.pattern),
+            keys: std::sync::Arc::new(keys),
+        });
+    }
+    Ok(rules)
 }
 
 /// The `[[mirrors]]`, checked: unique names, a valid `dest` repository, a parseable
@@ -390,6 +428,41 @@ mod tests {
         assert!(format!("{e:#}").contains("dest"), "{e:#}");
         let e = bad(&format!("[[mirrors]]\n{}dest = \"m/x\"\n", one.replace("1h", "often")));
         assert!(format!("{e:#}").contains("interval"), "{e:#}");
+        // verify_key is read when the config is checked: a key that is not there, or not a
+        // public key, stops the start naming the mirror and the file.
+        let e = bad(&format!("[[mirrors]]\n{one}dest = \"m/x\"\nverify_key = \"/nonexistent/vendor.pub\"\n"));
+        assert!(format!("{e:#}").contains("/nonexistent/vendor.pub"), "{e:#}");
+    }
+
+    #[test]
+    fn reads_and_checks_trust_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("vendor.pub");
+        // A P-256 key as `cosign generate-key-pair` writes cosign.pub.
+        std::fs::write(
+            &good,
+            "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEb0BQ5rNplij8lAVRAJOV1mtuxZaD\n\
+             fFxS7rlAqsx0XZ8xIb/iVpsN52WN5PVJv/b9XdmihpisCBqrVbv/FVio7g==\n-----END PUBLIC KEY-----\n",
+        )
+        .unwrap();
+        let junk = dir.path().join("junk.pub");
+        std::fs::write(&junk, "not a key").unwrap();
+        let config = |keys: &str| {
+            let file: ServerFile =
+                toml::from_str(&format!("[[trust]]\npattern = \"prod/**\"\nkeys = {keys}\n")).unwrap();
+            registry_config(&file, None)
+        };
+        let c = config(&format!("[{:?}]", good.to_str().unwrap())).unwrap();
+        assert_eq!(c.trust.len(), 1);
+        assert!(c.trust[0].pattern.matches(&"prod/team/app".parse().unwrap()));
+        for (keys, needle) in [
+            ("[]".to_owned(), "keys is empty"),
+            (format!("[{:?}]", junk.to_str().unwrap()), "malformed public key"),
+            ("[\"/nonexistent/k.pub\"]".to_owned(), "reading key file /nonexistent/k.pub"),
+        ] {
+            let e = format!("{:#}", config(&keys).unwrap_err());
+            assert!(e.contains("trust[0]") && e.contains(needle), "{keys}: {e}");
+        }
     }
 
     #[test]

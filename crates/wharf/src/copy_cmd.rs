@@ -54,6 +54,11 @@ pub struct CopyArgs {
     /// Extra CA certificates (`*.crt`) for the destination registry.
     #[arg(long, value_name = "DIR")]
     pub dest_cert_dir: Option<std::path::PathBuf>,
+    /// Verify the source's cosign signatures (index and each selected platform) with this
+    /// public key before writing anything; refuse the copy when they do not verify. Repeat
+    /// to accept any of several keys.
+    #[arg(long = "verify-key", value_name = "FILE")]
+    pub verify_keys: Vec<std::path::PathBuf>,
     /// Blobs copied in parallel.
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub jobs: u16,
@@ -87,6 +92,11 @@ pub async fn run(args: CopyArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
         lookup_credentials: true,
+        verify_keys: if args.verify_keys.is_empty() {
+            None
+        } else {
+            Some(crate::verify_cmd::load_keys(&args.verify_keys)?)
+        },
         ..CopyOptions::default()
     };
     if args.platforms.is_empty() && !args.all_platforms {

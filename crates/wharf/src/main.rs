@@ -12,6 +12,7 @@ mod serve;
 mod stores;
 mod sync_cmd;
 mod upstream;
+mod verify_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -34,6 +35,8 @@ enum Command {
     Copy(copy_cmd::CopyArgs),
     /// Show an index: each platform present or absent, sizes, referrers.
     Inspect(inspect::InspectArgs),
+    /// Verify cosign signatures of an index and its present platforms (after a partial mirror).
+    Verify(verify_cmd::VerifyArgs),
     /// Show a Wharf registry's storage: per repository, sparse indexes, bytes stored.
     Report(report_cmd::ReportArgs),
     /// Mirror many images from a config file, also through air-gapped bundles.
@@ -69,6 +72,7 @@ fn main() -> std::process::ExitCode {
             Command::Inspect(args) => inspect::run(args).await,
             Command::Report(args) => report_cmd::run(args).await,
             Command::Copy(args) => copy_cmd::run(args).await,
+            Command::Verify(args) => verify_cmd::run(args).await,
             Command::Sync(args) => sync_cmd::run(args).await,
             Command::Mirrors(args) => mirrors_cmd::run(args).await,
             Command::Gc(args) => gc_cmd::run_gc(args).await,

@@ -13,3 +13,4 @@ mod server;
 mod sparse;
 mod sync;
 mod tls;
+mod trust;

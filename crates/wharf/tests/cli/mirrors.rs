@@ -469,3 +469,36 @@ fn a_copy_into_a_repository_with_an_upstream_stores_only_its_selection() {
     );
     assert_eq!(inspect_json(&server, "mirror/app:v1")["absent_children"], 2);
 }
+
+/// `verify_key` in `[[mirrors]]`: a mirror whose source does not verify under its key copies
+/// nothing and reports why; one with the vendor's key mirrors as usual.
+#[test]
+fn a_mirror_with_verify_key_mirrors_only_what_verifies() {
+    let upstream = Distribution::start();
+    let v1 = TestImage::builder().seed(63).tag("v1").build();
+    publish_signed(&upstream, "vendor/app", &v1);
+    let keys = tempfile::tempdir().unwrap();
+    let vendor = keys.path().join("vendor.pub");
+    std::fs::write(&vendor, CosignKey::from_seed(7).public_key_pem()).unwrap();
+    let other = keys.path().join("other.pub");
+    std::fs::write(&other, CosignKey::from_seed(8).public_key_pem()).unwrap();
+    let extra = format!(
+        "verify_key = {other:?}\n\n[[mirrors]]\nname = \"vendor-app-verified\"\n\
+         source = \"docker://{}/vendor/app\"\ntags = [\"v1\"]\nplatforms = [\"linux/amd64\"]\n\
+         dest = \"mirror/verified\"\ninterval = \"1h\"\nverify_key = {vendor:?}\n",
+        upstream.addr
+    );
+    let server = WharfServer::start(Backend::Sqlite, &mirror_config(&upstream, &extra));
+
+    wait_for("the refused run", &server, || runs(&server, "vendor-app", "failed") >= 1);
+    wait_for("the verified run", &server, || runs_ok(&server, "vendor-app-verified") >= 1);
+    let mirrors = status(&server, None)["mirrors"].as_array().unwrap().clone();
+    let refused = mirrors.iter().find(|m| m["name"] == "vendor-app").unwrap();
+    let why = refused["last_run"]["failures"][0]["error"].as_str().unwrap_or_default();
+    assert!(why.contains("refusing to copy") && why.contains("does not verify"), "{refused}");
+    assert!(!has_manifest(&server, "mirror/app", "v1", None));
+    assert!(!has_manifest(&server, "mirror/app", &v1.platform("linux/amd64").manifest.digest, None));
+
+    assert_eq!(skopeo_inspect_raw(&server.docker_ref("mirror/verified:v1")), v1.index.bytes);
+    assert_eq!(present_platforms(&server, "mirror/verified:v1"), ["linux/amd64"]);
+}
