@@ -101,7 +101,7 @@ http:
 EOT
 # shellcheck disable=SC2046
 env $(env | awk -F= '/^REGISTRY_/ { printf "-u %s ", $1 }') \
-    docker-registry serve "$TMP/distribution/config.yml" > "$TMP/distribution/log" 2>&1 &
+    env -u AWS_CA_BUNDLE docker-registry serve "$TMP/distribution/config.yml" > "$TMP/distribution/log" 2>&1 &
 PIDS[distribution]=$!
 wait_ready distribution "127.0.0.1:$DIST_PORT" || { cat "$TMP/distribution/log" >&2; exit 1; }
 measure distribution "127.0.0.1:$DIST_PORT"
