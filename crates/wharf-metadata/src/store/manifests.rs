@@ -187,7 +187,13 @@ impl MetadataStore {
 
     /// Record that `tag` was compared with the upstream at `at` (unix seconds), if it still
     /// points at `digest` (a push in between keeps its own state). Returns whether it did.
-    pub async fn mark_tag_checked(&self, repo: &RepoName, tag: &Tag, digest: &Digest, at: i64) -> Result<bool> {
+    pub async fn mark_tag_checked(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+        digest: &Digest,
+        at: i64,
+    ) -> Result<bool> {
         let n = sqlx::query(
             "UPDATE tags SET upstream_checked_at = $4 WHERE repo = $1 AND tag = $2 AND digest = $3",
         )
