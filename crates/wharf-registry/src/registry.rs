@@ -137,14 +137,13 @@ impl Registry {
 
     // ---- blobs -------------------------------------------------------------------------
 
-    /// Size of a blob readable in `repo`. A blob its upstream has counts as readable: this
-    /// starts (or joins) its fill and answers as soon as the upstream announced its size.
+    /// Size of a blob readable in `repo`. A blob its upstream has is filled first (joining a
+    /// fill in flight), and its size given once it is stored: a client that sees it exist may
+    /// then push a manifest referencing it.
     pub async fn blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
-        match self.locate_blob(repo, digest).await? {
-            BlobSource::Here(size) | BlobSource::Filling(size, _) => Ok(size),
-            BlobSource::Unknown => {
-                Err(RegistryError::BlobUnknown { repo: repo.clone(), digest: digest.clone() })
-            }
+        match self.fill_blob(repo, digest).await? {
+            Some(size) => Ok(size),
+            None => Err(RegistryError::BlobUnknown { repo: repo.clone(), digest: digest.clone() }),
         }
     }
 

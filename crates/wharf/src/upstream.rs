@@ -120,7 +120,7 @@ pub fn upstream_rules(files: &[UpstreamFile]) -> anyhow::Result<Vec<UpstreamRule
             _ => (rest.trim_end_matches('/'), None),
         };
         let client =
-            crate::client::registry_client(host, u.tls_verify, u.credentials.as_deref(), u.cert_dir.clone())
+            crate::client::upstream_client(host, u.tls_verify, u.credentials.as_deref(), u.cert_dir.clone())
                 .with_context(at)?;
         let strip = u.pattern.split('/').take_while(|s| !s.contains('*')).map(str::to_owned).collect();
         let tag_ttl = match &u.tag_ttl {

@@ -6,6 +6,7 @@ mod copy;
 mod fill;
 mod gc;
 mod interop;
+mod pullthrough;
 mod report;
 mod server;
 mod sparse;
