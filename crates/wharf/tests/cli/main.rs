@@ -2,6 +2,7 @@
 //! config file and flags). One test binary for the crate.
 
 mod auth;
+mod containerd;
 mod copy;
 mod fill;
 mod gc;
