@@ -174,7 +174,6 @@ async fn fetch(job: &FillJob, tx: &watch::Sender<FillState>) -> Result<FillState
         Ok(r) => r,
         Err(e) => Err(StorageError::Body(format!("store task: {e}"))),
     };
-    let written = pumped.map_err(Failure::Broken)?;
     let stored = stored.map_err(|e| match e {
         StorageError::DigestMismatch { expected, actual } => {
             Failure::Broken(format!("upstream content hashes to {actual}, not to {expected}"))
@@ -184,8 +183,20 @@ async fn fetch(job: &FillJob, tx: &watch::Sender<FillState>) -> Result<FillState
             Failure::Broken(format!("storage: {e}"))
         }
         other => Failure::Broken(other.to_string()),
-    })?;
-    if written != size || stored != size {
+    });
+    // Which side failed first: the upstream (then the store only saw the error passed on) or
+    // the store (then the pump only saw it stop reading).
+    let written = match (pumped, stored) {
+        (Ok(written), Ok(stored)) if written == stored => written,
+        (Ok(written), Ok(stored)) => {
+            return Err(Failure::Broken(format!("received {written} bytes but stored {stored}")));
+        }
+        // The store stopped first: its own error says why.
+        (Err(e), Err(store)) if e == STORE_STOPPED => return Err(store),
+        (Err(e), _) => return Err(Failure::Broken(e)),
+        (Ok(_), Err(store)) => return Err(store),
+    };
+    if written != size {
         return Err(Failure::Broken(format!("upstream sent {written} bytes but announced {size}")));
     }
     link(job, size).await.map_err(Failure::Broken)?;
@@ -205,6 +216,8 @@ async fn spool_file(dir: Option<PathBuf>) -> std::io::Result<Arc<File>> {
     .map_err(std::io::Error::other)??;
     Ok(Arc::new(file))
 }
+
+const STORE_STOPPED: &str = "the store stopped reading";
 
 /// Copy the upstream body into the spool and the store, batch by batch; returns the byte count.
 async fn pump(
@@ -245,7 +258,7 @@ async fn pump(
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("writing the spool: {e}"))?;
-        store.send(Ok(chunk)).await.map_err(|_| "the store stopped reading".to_owned())?;
+        store.send(Ok(chunk)).await.map_err(|_| STORE_STOPPED.to_owned())?;
         written += len;
         tx.send_modify(|s| {
             if let FillState::Streaming { written: w, .. } = s {

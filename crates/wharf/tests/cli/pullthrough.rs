@@ -30,14 +30,22 @@ fn curl(args: &[&str]) -> (String, i32) {
 }
 
 #[test]
-fn pull_through_by_tag_with_skopeo_and_podman() {
+fn pull_through_by_tag_with_skopeo_and_podman_on_sqlite() {
+    pull_through_by_tag(Backend::Sqlite);
+}
+
+#[test]
+fn pull_through_by_tag_with_skopeo_and_podman_on_postgres() {
+    pull_through_by_tag(Backend::Postgres);
+}
+
+fn pull_through_by_tag(backend: Backend) {
     let upstream = Distribution::start();
     let image = TestImage::builder().seed(31).tag("v1").build();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(upstream.client().push_image("vendor/app", &image)).unwrap();
     // tag_ttl 0s: every request by tag asks the upstream, so the test sees each behaviour at once.
-    let server =
-        WharfServer::start(Backend::Sqlite, &pull_through_config(&upstream.addr, "tag_ttl = \"0s\"\n"));
+    let server = WharfServer::start(backend, &pull_through_config(&upstream.addr, "tag_ttl = \"0s\"\n"));
 
     // Nothing was mirrored: by tag, Wharf answers the upstream's index, byte for byte, and
     // stores it sparse although the repository's policy is `complete`.
