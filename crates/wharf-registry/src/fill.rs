@@ -5,20 +5,18 @@
 //!
 //! - into [`BlobStore::put_stream`] through a bounded channel, which hashes it and publishes the
 //!   blob only if the digest matches (then the task links it in the metadata);
-//! - into a *spool*, an anonymous temporary file, from which every requester reads at its own
-//!   pace, from the first byte, however late it joined.
+//! - into a *ring* in memory holding the last [`WINDOW`] bytes, from which every requester
+//!   reads as the bytes arrive.
 //!
-//! So the fill runs at the pace of the upstream and the store, never at a client's: a slow
-//! client does not hold back the others or the store, and memory stays bounded (one batch per
-//! stage, one read chunk per client) whatever the blob's size; the price is the spool's disk
-//! space until the last reader is done. Readers never receive the last byte of what they asked
-//! for before the whole blob has been verified and stored: a wrong hash or a download that breaks
-//! off ends every body with an error, so no client can take an unverified transfer for complete.
+//! The fill runs at the pace of the upstream and the store, never at a client's: a requester
+//! that falls more than [`WINDOW`] behind (a slow client, or one that joined late) stops
+//! streaming from the ring, waits for the verified blob and reads the rest from the store. So
+//! memory stays bounded per fill whatever the blob's size, no byte is written twice, and a slow
+//! client holds back nobody. Readers never receive the last byte of what they asked for before
+//! the whole blob has been verified and stored: a wrong hash or a download that breaks off ends
+//! every body with an error, so no client can take an unverified transfer for complete.
 
-use std::collections::HashMap;
-use std::fs::File;
-use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
@@ -26,7 +24,7 @@ use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, watch};
 use wharf_metadata::MetadataStore;
 use wharf_oci::{Digest, RepoName};
-use wharf_storage::{BlobStore, BodyStream, READ_CHUNK, StorageError};
+use wharf_storage::{BlobStore, BodyStream, StorageError};
 
 use crate::upstream::Upstream;
 
@@ -35,17 +33,67 @@ use crate::upstream::Upstream;
 const BATCH: usize = 256 * 1024;
 /// Batches queued for the store: the bound on what a fill holds in memory for it.
 const STORE_QUEUE: usize = 4;
+/// Bytes of a fill kept in memory for the requesters streaming it.
+pub(crate) const WINDOW: usize = 16 << 20;
+
+/// The last bytes a fill received, by offset in the blob.
+#[derive(Default)]
+pub(crate) struct Ring {
+    /// Offset of the first byte held.
+    start: u64,
+    chunks: VecDeque<Bytes>,
+    len: usize,
+}
+
+/// A reader asked for bytes the ring no longer holds.
+struct Behind;
+
+impl Ring {
+    fn push(&mut self, chunk: Bytes) {
+        self.len += chunk.len();
+        self.chunks.push_back(chunk);
+        while self.len > WINDOW && self.chunks.len() > 1 {
+            if let Some(old) = self.chunks.pop_front() {
+                self.start += old.len() as u64;
+                self.len -= old.len();
+            }
+        }
+    }
+
+    /// Bytes from `pos` up to (not including) `until`, from one chunk; `None` if none yet.
+    fn read(&self, pos: u64, until: u64) -> Result<Option<Bytes>, Behind> {
+        if pos < self.start {
+            return Err(Behind);
+        }
+        let mut at = self.start;
+        for chunk in &self.chunks {
+            let end = at + chunk.len() as u64;
+            if pos < end {
+                let (from, to) = ((pos - at) as usize, (until.min(end).saturating_sub(at)) as usize);
+                return Ok((to > from).then(|| chunk.slice(from..to)));
+            }
+            at = end;
+        }
+        Ok(None)
+    }
+}
+
+type Shared = Arc<Mutex<Ring>>;
+
+fn lock(ring: &Shared) -> std::sync::MutexGuard<'_, Ring> {
+    ring.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Where one fill stands; every requester watches it.
 #[derive(Clone)]
 pub(crate) enum FillState {
     /// Asking the upstream.
     Connecting,
-    /// Bytes `0..written` of `size` are in the spool.
-    Streaming { size: u64, written: u64, spool: Arc<File> },
-    /// Verified, stored and linked. `spool` is `None` when nothing was spooled (the blob was
+    /// Bytes `0..written` of `size` have arrived; the last [`WINDOW`] of them are in `ring`.
+    Streaming { size: u64, written: u64, ring: Shared },
+    /// Verified, stored and linked. `ring` is `None` when nothing was streamed (the blob was
     /// already here, or the upstream gave no length and the blob was stored before serving).
-    Done { size: u64, spool: Option<Arc<File>> },
+    Done { size: u64, ring: Option<Shared> },
     /// The upstream does not have it, or could not be reached; nothing was sent to anyone.
     Absent,
     /// Broke off or hashed wrong after bytes were sent: readers end with an error.
@@ -99,7 +147,6 @@ pub(crate) struct FillJob {
     pub upstream: Arc<dyn Upstream>,
     pub repo: RepoName,
     pub digest: Digest,
-    pub spool_dir: Option<PathBuf>,
 }
 
 /// Download, spool, store, verify, link; report every step through `tx`.
@@ -138,7 +185,7 @@ async fn fetch(job: &FillJob, tx: &watch::Sender<FillState>) -> Result<FillState
     if let Some(size) =
         job.meta.linked_blob_size(&job.repo, &job.digest).await.map_err(|e| absent(e.to_string()))?
     {
-        return Ok(FillState::Done { size, spool: None });
+        return Ok(FillState::Done { size, ring: None });
     }
     let blob = match job.upstream.blob(&job.repo, &job.digest).await {
         Ok(Some(blob)) => blob,
@@ -149,12 +196,10 @@ async fn fetch(job: &FillJob, tx: &watch::Sender<FillState>) -> Result<FillState
         // No length to promise a client: store first, then serve from the store.
         let size = job.blobs.put_stream(&job.digest, blob.body).await.map_err(|e| absent(e.to_string()))?;
         link(job, size).await.map_err(absent)?;
-        return Ok(FillState::Done { size, spool: None });
+        return Ok(FillState::Done { size, ring: None });
     };
-    let spool = spool_file(job.spool_dir.clone())
-        .await
-        .map_err(|e| absent(format!("creating the spool file: {e}")))?;
-    tx.send_replace(FillState::Streaming { size, written: 0, spool: spool.clone() });
+    let ring = Shared::default();
+    tx.send_replace(FillState::Streaming { size, written: 0, ring: ring.clone() });
 
     let (store_tx, store_rx) = mpsc::channel::<std::io::Result<Bytes>>(STORE_QUEUE);
     let store = {
@@ -164,7 +209,7 @@ async fn fetch(job: &FillJob, tx: &watch::Sender<FillState>) -> Result<FillState
         }));
         tokio::spawn(async move { blobs.put_stream(&digest, body).await })
     };
-    let pumped = pump(blob.body, size, &spool, &store_tx, tx).await;
+    let pumped = pump(blob.body, size, &ring, &store_tx, tx).await;
     if let Err(e) = &pumped {
         // Make sure the store throws its temporary file away rather than verifying a prefix.
         let _ = store_tx.send(Err(std::io::Error::other(e.clone()))).await;
@@ -200,30 +245,20 @@ async fn fetch(job: &FillJob, tx: &watch::Sender<FillState>) -> Result<FillState
         return Err(Failure::Broken(format!("upstream sent {written} bytes but announced {size}")));
     }
     link(job, size).await.map_err(Failure::Broken)?;
-    Ok(FillState::Done { size, spool: Some(spool) })
+    Ok(FillState::Done { size, ring: Some(ring) })
 }
 
 async fn link(job: &FillJob, size: u64) -> Result<(), String> {
     job.meta.link_blob(&job.repo, &job.digest, size).await.map_err(|e| format!("linking the blob: {e}"))
 }
 
-async fn spool_file(dir: Option<PathBuf>) -> std::io::Result<Arc<File>> {
-    let file = tokio::task::spawn_blocking(move || match dir {
-        Some(dir) => tempfile::tempfile_in(dir),
-        None => tempfile::tempfile(),
-    })
-    .await
-    .map_err(std::io::Error::other)??;
-    Ok(Arc::new(file))
-}
-
 const STORE_STOPPED: &str = "the store stopped reading";
 
-/// Copy the upstream body into the spool and the store, batch by batch; returns the byte count.
+/// Copy the upstream body into the ring and the store, batch by batch; returns the byte count.
 async fn pump(
     mut body: BodyStream,
     size: u64,
-    spool: &Arc<File>,
+    ring: &Shared,
     store: &mpsc::Sender<std::io::Result<Bytes>>,
     tx: &watch::Sender<FillState>,
 ) -> Result<u64, String> {
@@ -253,11 +288,7 @@ async fn pump(
         if written + len > size {
             return Err(format!("upstream sent more than the {size} bytes it announced"));
         }
-        let (file, at, data) = (spool.clone(), written, chunk.clone());
-        tokio::task::spawn_blocking(move || file.write_all_at(&data, at))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("writing the spool: {e}"))?;
+        lock(ring).push(chunk.clone());
         store.send(Ok(chunk)).await.map_err(|_| STORE_STOPPED.to_owned())?;
         written += len;
         tx.send_modify(|s| {
@@ -269,67 +300,86 @@ async fn pump(
     Ok(written)
 }
 
-/// Bytes `start..start + len` of the blob a fill is bringing in, as they arrive. The last byte
+/// Bytes `start..start + len` of the blob a fill is bringing in, as they arrive (from the
+/// ring, or from the store once the blob is in and the ring has moved past). The last byte
 /// comes only once the blob is verified and stored; if the fill fails, the stream ends with an
 /// error instead.
-pub(crate) fn follow(rx: watch::Receiver<FillState>, start: u64, len: u64) -> BodyStream {
+pub(crate) fn follow(
+    rx: watch::Receiver<FillState>,
+    blobs: BlobStore,
+    digest: Digest,
+    start: u64,
+    len: u64,
+) -> BodyStream {
     struct Reader {
         rx: watch::Receiver<FillState>,
+        blobs: BlobStore,
+        digest: Digest,
         pos: u64,
         end: u64,
         over: bool,
+        from_store: Option<BodyStream>,
     }
-    let reader = Reader { rx, pos: start, end: start + len, over: false };
+    fn fail(mut r: Reader, e: std::io::Error) -> Option<(std::io::Result<Bytes>, Reader)> {
+        r.over = true;
+        Some((Err(e), r))
+    }
+    let reader = Reader { rx, blobs, digest, pos: start, end: start + len, over: false, from_store: None };
     Box::pin(futures_util::stream::unfold(reader, |mut r| async move {
         if r.over || r.pos >= r.end {
             return None;
         }
         loop {
+            if let Some(body) = &mut r.from_store {
+                return match body.next().await {
+                    Some(Ok(bytes)) => {
+                        r.pos += bytes.len() as u64;
+                        Some((Ok(bytes), r))
+                    }
+                    Some(Err(e)) => fail(r, e),
+                    None => fail(r, std::io::Error::other("the stored blob ended early")),
+                };
+            }
             let state = r.rx.borrow_and_update().clone();
-            let (avail, spool) = match state {
-                FillState::Connecting => (0, None),
-                // Everything but the last byte asked for: that one waits for verification.
-                FillState::Streaming { written, spool, .. } => (written.min(r.end - 1), Some(spool)),
-                FillState::Done { spool: Some(spool), .. } => (r.end, Some(spool)),
-                FillState::Done { spool: None, .. } | FillState::Absent => {
-                    r.over = true;
-                    return Some((Err(std::io::Error::other("the fill ended without its bytes")), r));
+            match state {
+                FillState::Connecting => {}
+                FillState::Streaming { written, ring, .. } => {
+                    // Everything but the last byte asked for: that one waits for verification.
+                    // A reader the ring has left behind waits for the stored blob.
+                    if let Ok(Some(bytes)) = lock(&ring).read(r.pos, written.min(r.end - 1)) {
+                        r.pos += bytes.len() as u64;
+                        return Some((Ok(bytes), r));
+                    }
+                }
+                FillState::Done { ring, .. } => {
+                    if let Some(ring) = ring
+                        && let Ok(Some(bytes)) = lock(&ring).read(r.pos, r.end)
+                    {
+                        r.pos += bytes.len() as u64;
+                        return Some((Ok(bytes), r));
+                    }
+                    match r.blobs.read(&r.digest, Some((r.pos, r.end - 1))).await {
+                        Ok(Some(read)) => r.from_store = Some(read.body),
+                        Ok(None) => {
+                            return fail(r, std::io::Error::other("the filled blob is gone from storage"));
+                        }
+                        Err(e) => return fail(r, std::io::Error::other(e.to_string())),
+                    }
+                    continue;
+                }
+                FillState::Absent => {
+                    return fail(r, std::io::Error::other("the fill ended without its bytes"));
                 }
                 FillState::Failed(why) => {
-                    r.over = true;
-                    let e = std::io::Error::other(format!("on-demand fill failed: {why}"));
-                    return Some((Err(e), r));
+                    return fail(r, std::io::Error::other(format!("on-demand fill failed: {why}")));
                 }
-            };
-            if let Some(spool) = spool
-                && avail > r.pos
-            {
-                let (at, n) = (r.pos, (avail - r.pos).min(READ_CHUNK as u64) as usize);
-                let read = tokio::task::spawn_blocking(move || {
-                    let mut buf = vec![0; n];
-                    spool.read_exact_at(&mut buf, at).map(|()| Bytes::from(buf))
-                })
-                .await
-                .map_err(std::io::Error::other)
-                .and_then(|read| read);
-                return Some(match read {
-                    Ok(bytes) => {
-                        r.pos += n as u64;
-                        (Ok(bytes), r)
-                    }
-                    Err(e) => {
-                        r.over = true;
-                        (Err(e), r)
-                    }
-                });
             }
             // The fill's task is gone: its final state is what `borrow` shows now, and only a
             // finished or failed fill has anything more to say (the next round says it).
             if r.rx.changed().await.is_err()
                 && !matches!(&*r.rx.borrow(), FillState::Done { .. } | FillState::Failed(_))
             {
-                r.over = true;
-                return Some((Err(std::io::Error::other("the fill stopped")), r));
+                return fail(r, std::io::Error::other("the fill stopped"));
             }
         }
     }))

@@ -1,7 +1,6 @@
 //! The registry's operations over a blob store and a metadata store.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
 
 use tokio::sync::watch;
@@ -27,9 +26,6 @@ pub struct RegistryConfig {
     pub foreign_layer_urls: Vec<String>,
     /// Upstreams that fill absent manifests and blobs on demand; first matching pattern wins.
     pub upstreams: Vec<UpstreamRule>,
-    /// Where blobs being filled from an upstream are spooled for the clients reading them
-    /// (anonymous files, gone when the last reader is); `None`: the system's temp directory.
-    pub spool_dir: Option<PathBuf>,
 }
 
 #[derive(Clone)]
@@ -180,7 +176,8 @@ impl Registry {
                 Some((first, last)) => (first, last - first + 1),
                 None => (0, size),
             };
-            return Ok(BlobRead { size, start, len, body: crate::fill::follow(rx, start, len) });
+            let body = crate::fill::follow(rx, self.inner.blobs.clone(), digest.clone(), start, len);
+            return Ok(BlobRead { size, start, len, body });
         }
         match self.inner.blobs.read(digest, range).await? {
             Some(read) => Ok(read),
@@ -585,10 +582,9 @@ impl Registry {
             let state = rx.borrow_and_update().clone();
             match state {
                 FillState::Connecting => {}
-                FillState::Streaming { size, .. } | FillState::Done { size, spool: Some(_) } => {
-                    return Ok(BlobSource::Filling(size, rx));
-                }
-                FillState::Done { size, spool: None } => return Ok(BlobSource::Here(size)),
+                FillState::Streaming { size, .. } => return Ok(BlobSource::Filling(size, rx)),
+                // Stored and linked: read like any other blob.
+                FillState::Done { size, .. } => return Ok(BlobSource::Here(size)),
                 // Nothing was stored: the blob is unknown here, which is what the client is told.
                 FillState::Absent | FillState::Failed(_) => return Ok(BlobSource::Unknown),
             }
@@ -612,7 +608,6 @@ impl Registry {
                 upstream,
                 repo: repo.clone(),
                 digest: digest.clone(),
-                spool_dir: self.inner.config.spool_dir.clone(),
             };
             tokio::spawn(async move {
                 crate::fill::run(job, &tx).await;

@@ -76,11 +76,7 @@ async fn ctx(proxy_tags: bool, ttl: Duration) -> Ctx {
         tag_ttl: ttl,
         ..UpstreamRule::new(RepoPattern::new("hub/**"), upstream.clone())
     };
-    let config = RegistryConfig {
-        upstreams: vec![rule],
-        spool_dir: Some(dir.path().to_owned()),
-        ..Default::default()
-    };
+    let config = RegistryConfig { upstreams: vec![rule], ..Default::default() };
     Ctx { registry: Registry::new(blobs, meta, config), upstream, _dir: dir }
 }
 
@@ -224,4 +220,28 @@ async fn an_expired_tag_is_refreshed_and_served_from_here_when_the_upstream_is_d
         }
         other => panic!("{:?}", other.map(|m| m.digest)),
     }
+}
+
+#[tokio::test]
+async fn a_reader_left_behind_by_the_fill_continues_from_the_store() {
+    let c = ctx(false, Duration::ZERO).await;
+    // More than the fill keeps in memory for its readers.
+    let content: Vec<u8> = (0..40u32 << 20).map(|i| (i % 253) as u8).collect();
+    let digest = Digest::sha256_of(&content);
+    let (feed, body) = fed();
+    *c.upstream.blob.lock().unwrap() = Some((content.len() as u64, body));
+    let mut slow = c.registry.read_blob(&repo(), &digest, None).await.unwrap();
+    feed.send(Ok(Bytes::copy_from_slice(&content[..1 << 20]))).await.unwrap();
+    let head = take(&mut slow.body, 1 << 20).await;
+    // The fill goes on without waiting for this reader.
+    for chunk in content[1 << 20..].chunks(1 << 20) {
+        feed.send(Ok(Bytes::copy_from_slice(chunk))).await.unwrap();
+    }
+    drop(feed);
+    let mut all = head;
+    while let Some(chunk) = slow.body.next().await {
+        all.extend_from_slice(&chunk.unwrap());
+    }
+    assert!(all == content, "the slow reader got {} bytes, not the blob", all.len());
+    assert_eq!(c.upstream.blob_calls.load(Ordering::SeqCst), 1);
 }

@@ -150,8 +150,6 @@ pub fn registry_config(file: &ServerFile, default_policy: Option<&str>) -> anyho
         index_policy: IndexPolicy { default, repositories },
         foreign_layer_urls: file.foreign_layer_urls.clone(),
         upstreams: crate::upstream::upstream_rules(&file.upstreams)?,
-        // Set by `serve` once the data directory is known.
-        spool_dir: None,
     })
 }
 

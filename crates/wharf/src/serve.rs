@@ -39,17 +39,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let stores = StoreArgs { config: args.config, data_dir: args.data_dir, database: args.database };
     let file = stores.load_config()?;
     let addr = args.addr.or(file.addr.clone()).unwrap_or_else(|| "127.0.0.1:5000".into());
-    let mut config = registry_config(&file, args.index_policy.as_deref())?;
+    let config = registry_config(&file, args.index_policy.as_deref())?;
     let auth = auth_config(&file)?.map(wharf_server::wharf_auth::Authority::new);
     let tls = tls_config(&file, args.tls_cert.as_deref(), args.tls_key.as_deref())?;
 
     let Stores { blobs, meta, data_dir, database } = stores.open(&file, Open::CreateIfMissing).await?;
-    if !config.upstreams.is_empty() {
-        // Blobs streaming in from an upstream are spooled beside the data, not in a tmpfs.
-        let spool = data_dir.join("spool");
-        std::fs::create_dir_all(&spool).with_context(|| format!("creating {}", spool.display()))?;
-        config.spool_dir = Some(spool);
-    }
 
     let policy = &config.index_policy;
     if policy.any_sparse() {

@@ -97,7 +97,8 @@ impl Upstream for HttpUpstream {
     ) -> BoxFuture<'a, Result<Option<UpstreamBlob>, String>> {
         Box::pin(async move {
             let remote = self.remote_repo(repo)?;
-            let blob = not_found_is_none(self.client.get_blob(&remote, digest, 0).await)?;
+            // The registry verifies the digest while it stores the blob: hash once, not twice.
+            let blob = not_found_is_none(self.client.get_blob_unverified(&remote, digest).await)?;
             Ok(blob.map(|(size, stream)| {
                 let body: BodyStream = Box::pin(stream.map_err(std::io::Error::other));
                 UpstreamBlob { size: Some(size), body }

@@ -232,9 +232,9 @@ fn six_concurrent_gets_of_a_cold_blob_share_one_upstream_fetch_and_stream() {
     let expected = blob.digest.clone();
     drop(blob);
 
-    // The upstream's answer stops after 32 MiB until the test lets it go on: every client
-    // must have received bytes by then, or the test hangs (and fails on its own timeout).
-    tap.state.hold_after.store(32 << 20, Ordering::SeqCst);
+    // The upstream's answer stops after 4 MiB (less than the fill keeps in memory for its
+    // readers) until the test lets it go on: every client must have received bytes by then.
+    tap.state.hold_after.store(4 << 20, Ordering::SeqCst);
     let (first_tx, first_rx) = std::sync::mpsc::channel::<usize>();
     let http = reqwest::Client::new();
     let downloads: Vec<_> = (0..6)
