@@ -28,8 +28,8 @@ use wharf_storage::{BlobStore, BodyStream, StorageError};
 
 use crate::upstream::Upstream;
 
-/// Upstream bytes are gathered into batches of up to this size before they are spooled and
-/// handed to the store (whatever is ready is flushed at once, so the first byte is not held).
+/// Upstream bytes are gathered into batches of up to this size for the ring and the store
+/// (whatever is ready is taken at once, so the first byte is not held back).
 const BATCH: usize = 256 * 1024;
 /// Batches queued for the store: the bound on what a fill holds in memory for it.
 const STORE_QUEUE: usize = 4;
@@ -149,7 +149,7 @@ pub(crate) struct FillJob {
     pub digest: Digest,
 }
 
-/// Download, spool, store, verify, link; report every step through `tx`.
+/// Download, stream, store, verify, link; report every step through `tx`.
 pub(crate) async fn run(job: FillJob, tx: &watch::Sender<FillState>) {
     let FillJob { repo, digest, .. } = &job;
     let describe = job.upstream.describe();
