@@ -206,6 +206,17 @@ impl RegistryClient {
         self.blob_stream(repo, digest, offset, hasher, true).await
     }
 
+    /// Stream blob `digest` from its first byte without checking the digest here, for a
+    /// consumer that hashes the whole anyway (a registry storing it verifies while it writes):
+    /// the bytes are hashed once, not twice. Dropped connections are resumed as by `get_blob`.
+    pub async fn get_blob_unverified(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<(u64, ByteStream), ClientError> {
+        self.blob_stream(repo, digest, 0, None, false).await
+    }
+
     /// Resume a download at `offset` where `prefix` has hashed the bytes before it: the
     /// stream verifies the digest of the whole blob.
     pub async fn get_blob_resume(

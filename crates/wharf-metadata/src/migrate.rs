@@ -12,8 +12,14 @@ use crate::{MetadataError, Result};
 
 /// `(version, sql)`, in ascending version order. Versions are never edited once released: add a
 /// new file to both lists instead.
-const SQLITE: &[(i64, &str)] = &[(1, include_str!("../migrations/sqlite/0001_initial.sql"))];
-const POSTGRES: &[(i64, &str)] = &[(1, include_str!("../migrations/postgres/0001_initial.sql"))];
+const SQLITE: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/sqlite/0001_initial.sql")),
+    (2, include_str!("../migrations/sqlite/0002_tag_upstream_check.sql")),
+];
+const POSTGRES: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/postgres/0001_initial.sql")),
+    (2, include_str!("../migrations/postgres/0002_tag_upstream_check.sql")),
+];
 
 /// Key of the PostgreSQL advisory lock that serialises migrations ("wharfmig" in ASCII).
 const PG_LOCK_KEY: i64 = 0x7768_6172_666d_6967;

@@ -79,6 +79,7 @@ suite!(
     migrations_are_idempotent,
     concurrent_puts_of_one_manifest,
     named_locks_hold_across_connections,
+    tag_upstream_check_is_recorded,
 );
 
 /// A named lock is held against every other pool on the same database (another replica)
@@ -588,6 +589,23 @@ async fn upload_sessions(ctx: &Ctx) {
     assert_eq!(s.uploads_older_than(now() + 10).await.unwrap(), ["u2"]);
     // Creating the same id twice is an error.
     assert!(s.create_upload("u2", &r).await.is_err());
+}
+
+async fn tag_upstream_check_is_recorded(ctx: &Ctx) {
+    let s = &ctx.store;
+    let r = repo("hub/app");
+    let (a, b) = (image("a"), image("b"));
+    let v1 = tag("v1");
+    put_image(s, &r, &a, Some(&v1)).await;
+    let (m, checked) = s.get_tagged_manifest_checked(&r, &v1).await.unwrap().unwrap();
+    assert_eq!((m.digest, checked), (a.digest.clone(), None));
+    assert!(s.mark_tag_checked(&r, &v1, &a.digest, 1234).await.unwrap());
+    let (_, checked) = s.get_tagged_manifest_checked(&r, &v1).await.unwrap().unwrap();
+    assert_eq!(checked, Some(1234));
+    // The tag moved meanwhile: a check of the old digest records nothing.
+    put_image(s, &r, &b, Some(&v1)).await;
+    assert!(!s.mark_tag_checked(&r, &v1, &a.digest, 5678).await.unwrap());
+    assert!(s.get_tagged_manifest_checked(&r, &tag("nope")).await.unwrap().is_none());
 }
 
 async fn migrations_are_idempotent(ctx: &Ctx) {

@@ -4,6 +4,7 @@
 
 mod cache;
 pub mod error;
+mod fill;
 pub mod fsck;
 pub mod gc;
 pub mod policy;
@@ -22,4 +23,4 @@ pub use policy::{IndexPolicy, IndexRule, RepoPattern};
 pub use registry::{MountOutcome, PushedManifest, Registry, RegistryConfig};
 pub use report::{ChildReport, IndexReport, ReferrerReport, RepoStorageReport, StorageReport, StorageTotals};
 pub use trust::TrustRule;
-pub use upstream::{BoxFuture, Upstream, UpstreamManifest, UpstreamRule};
+pub use upstream::{BoxFuture, DEFAULT_TAG_TTL, Upstream, UpstreamBlob, UpstreamManifest, UpstreamRule};

@@ -1,16 +1,19 @@
 //! The registry's operations over a blob store and a metadata store.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
 
+use tokio::sync::watch;
 use wharf_metadata::{ChildRecord, MetadataStore, NewManifest, StoredManifest};
 
 use crate::cache::{ServedManifest, TagCache};
 use wharf_oci::{
     Algorithm, Descriptor, Digest, Manifest, ManifestError, Reference, RepoName, Tag, media_types,
 };
-use wharf_storage::{BlobRead, BlobStore, BodyStream, StorageError};
+use wharf_storage::{BlobRead, BlobStore, BodyStream};
 
 use crate::error::{MissingChild, RegistryError, Result};
+use crate::fill::{FillJob, FillState, Flights};
 use crate::policy::{IndexPolicy, IndexRule};
 use crate::report::{ChildReport, IndexReport, ReferrerReport, StorageReport};
 use crate::trust::{TrustCache, TrustRule, signed_subject};
@@ -41,6 +44,42 @@ struct Inner {
     tag_cache: Option<TagCache>,
     /// Signature verdicts of `[[trust]]` repositories.
     trust_cache: TrustCache,
+    /// Blob fills from upstreams in flight: one download per blob, whoever asks.
+    flights: Flights,
+    /// Manifest look-ups upstream in flight (by tag or digest): one at a time per manifest.
+    manifest_locks: KeyedLocks,
+}
+
+/// One async lock per key, created on demand and dropped with its last holder.
+#[derive(Default)]
+struct KeyedLocks {
+    map: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
+}
+
+impl KeyedLocks {
+    async fn lock(&self, key: String) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+            map.retain(|_, l| l.strong_count() > 0);
+            match map.get(&key).and_then(Weak::upgrade) {
+                Some(l) => l,
+                None => {
+                    let l = Arc::new(tokio::sync::Mutex::new(()));
+                    map.insert(key, Arc::downgrade(&l));
+                    l
+                }
+            }
+        };
+        lock.lock_owned().await
+    }
+}
+
+/// Where a blob readable in a repository is.
+enum BlobSource {
+    Here(u64),
+    /// Being filled from the upstream: readable as it arrives.
+    Filling(u64, watch::Receiver<FillState>),
+    Unknown,
 }
 
 /// What a successful manifest push reports back.
@@ -65,7 +104,15 @@ impl Registry {
     pub fn new(blobs: BlobStore, meta: MetadataStore, config: RegistryConfig) -> Registry {
         let tag_cache = (meta.backend() == "sqlite").then(TagCache::default);
         Registry {
-            inner: Arc::new(Inner { blobs, meta, config, tag_cache, trust_cache: TrustCache::default() }),
+            inner: Arc::new(Inner {
+                blobs,
+                meta,
+                config,
+                tag_cache,
+                trust_cache: TrustCache::default(),
+                flights: Flights::default(),
+                manifest_locks: KeyedLocks::default(),
+            }),
         }
     }
 
@@ -97,14 +144,16 @@ impl Registry {
     // ---- blobs -------------------------------------------------------------------------
 
     /// Size of a blob readable in `repo`. `may_fill`: fetch it from the repository's upstream
-    /// when absent. Only a client that pulls (GET) may fill; a HEAD is how a copy asks what
-    /// is already here, and filling then would store what the copy left out.
+    /// when absent (joining a fill in flight), and give its size once it is stored, so that a
+    /// client that sees it exist may push a manifest referencing it. Only a client that pulls
+    /// (GET) may fill; a HEAD is how a copy asks what is already here, and filling then would
+    /// store what the copy left out.
     pub async fn blob_size(&self, repo: &RepoName, digest: &Digest, may_fill: bool) -> Result<u64> {
-        if let Some(size) = self.inner.meta.linked_blob_size(repo, digest).await? {
-            return Ok(size);
-        }
         if !may_fill {
-            return Err(RegistryError::BlobUnknown { repo: repo.clone(), digest: digest.clone() });
+            return match self.inner.meta.linked_blob_size(repo, digest).await? {
+                Some(size) => Ok(size),
+                None => Err(RegistryError::BlobUnknown { repo: repo.clone(), digest: digest.clone() }),
+            };
         }
         match self.fill_blob(repo, digest).await? {
             Some(size) => Ok(size),
@@ -127,14 +176,21 @@ impl Registry {
         Ok(self.inner.blobs.redirect_url(digest).await?)
     }
 
-    /// Read a blob linked to `repo`, optionally a byte range (inclusive).
+    /// Read a blob linked to `repo`, optionally a byte range (inclusive). A blob being filled
+    /// from the upstream streams as it arrives (see `fill.rs`).
     pub async fn read_blob(
         &self,
         repo: &RepoName,
         digest: &Digest,
         range: Option<(u64, Option<u64>)>,
     ) -> Result<BlobRead> {
-        let size = self.blob_size(repo, digest, true).await?;
+        let (size, filling) = match self.locate_blob(repo, digest).await? {
+            BlobSource::Here(size) => (size, None),
+            BlobSource::Filling(size, rx) => (size, Some(rx)),
+            BlobSource::Unknown => {
+                return Err(RegistryError::BlobUnknown { repo: repo.clone(), digest: digest.clone() });
+            }
+        };
         let range = match range {
             None => None,
             Some((first, last)) => {
@@ -148,6 +204,14 @@ impl Registry {
                 Some((first, last))
             }
         };
+        if let Some(rx) = filling {
+            let (start, len) = match range {
+                Some((first, last)) => (first, last - first + 1),
+                None => (0, size),
+            };
+            let body = crate::fill::follow(rx, self.inner.blobs.clone(), digest.clone(), start, len);
+            return Ok(BlobRead { size, start, len, body });
+        }
         match self.inner.blobs.read(digest, range).await? {
             Some(read) => Ok(read),
             // Linked in metadata but gone from storage: report it like any missing blob.
@@ -321,6 +385,11 @@ impl Registry {
         let digest = match reference {
             Reference::Digest(d) => d,
             Reference::Tag(tag) => {
+                // Pull-through repositories go by when the tag was last checked upstream, which
+                // the tag cache does not know: they read the database (one query) instead.
+                if let Some(rule) = self.upstream_rule(repo).filter(|r| r.proxy_tags) {
+                    return self.get_proxied_tag(repo, tag, rule).await;
+                }
                 let cache = self.inner.tag_cache.as_ref();
                 if let Some(hit) = cache.and_then(|c| c.get(repo, tag)) {
                     return Ok(hit);
@@ -405,6 +474,19 @@ impl Registry {
         content_type: Option<&str>,
         bytes: &[u8],
     ) -> Result<PushedManifest> {
+        self.store_manifest(repo, reference, content_type, bytes, false).await
+    }
+
+    /// [`Registry::put_manifest`]; with `sparse`, an index is stored whatever children it
+    /// lacks, whatever the repository's policy (pull-through stores what the upstream has).
+    async fn store_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        content_type: Option<&str>,
+        bytes: &[u8],
+        sparse: bool,
+    ) -> Result<PushedManifest> {
         let manifest = Manifest::parse(content_type, bytes).map_err(|e| match e {
             ManifestError::TooLarge(n) => RegistryError::ManifestTooLarge(n),
             other => RegistryError::ManifestInvalid(other.to_string()),
@@ -423,7 +505,7 @@ impl Registry {
         };
 
         let blob_refs = self.check_blobs(repo, &manifest).await?;
-        let children = self.check_children(repo, &manifest).await?;
+        let children = self.check_children(repo, &manifest, sparse).await?;
 
         let annotations_json =
             manifest.annotations.as_ref().map(|a| serde_json::to_string(a).unwrap_or_default());
@@ -492,8 +574,13 @@ impl Registry {
     }
 
     /// Apply the repository's index policy; return the children to record.
-    async fn check_children(&self, repo: &RepoName, manifest: &Manifest) -> Result<Vec<ChildRecord>> {
-        let rule = self.index_rule(repo);
+    async fn check_children(
+        &self,
+        repo: &RepoName,
+        manifest: &Manifest,
+        sparse: bool,
+    ) -> Result<Vec<ChildRecord>> {
+        let rule = if sparse { &IndexRule::Sparse } else { self.index_rule(repo) };
         let mut records = Vec::new();
         let mut missing = Vec::new();
         for (position, child) in manifest.children().iter().enumerate() {
@@ -535,16 +622,101 @@ impl Registry {
 
     // ---- on-demand fill ----------------------------------------------------------------
 
+    fn upstream_rule(&self, repo: &RepoName) -> Option<&UpstreamRule> {
+        self.inner.config.upstreams.iter().find(|r| r.pattern.matches(repo))
+    }
+
     fn upstream_for(&self, repo: &RepoName) -> Option<&Arc<dyn Upstream>> {
-        self.inner.config.upstreams.iter().find(|r| r.pattern.matches(repo)).map(|r| &r.upstream)
+        self.upstream_rule(repo).map(|r| &r.upstream)
+    }
+
+    /// Here, being filled, or unknown. With an upstream, a blob that is not here starts (or
+    /// joins) its fill, and this returns once the upstream has answered.
+    async fn locate_blob(&self, repo: &RepoName, digest: &Digest) -> Result<BlobSource> {
+        if let Some(size) = self.inner.meta.linked_blob_size(repo, digest).await? {
+            return Ok(BlobSource::Here(size));
+        }
+        let Some(mut rx) = self.blob_fill(repo, digest) else { return Ok(BlobSource::Unknown) };
+        loop {
+            let state = rx.borrow_and_update().clone();
+            match state {
+                FillState::Connecting => {}
+                FillState::Streaming { size, .. } => return Ok(BlobSource::Filling(size, rx)),
+                // Stored and linked: read like any other blob.
+                FillState::Done { size, .. } => return Ok(BlobSource::Here(size)),
+                // Nothing was stored: the blob is unknown here, which is what the client is told.
+                FillState::Absent | FillState::Failed(_) => return Ok(BlobSource::Unknown),
+            }
+            if rx.changed().await.is_err() && matches!(*rx.borrow(), FillState::Connecting) {
+                return Ok(BlobSource::Unknown);
+            }
+        }
+    }
+
+    /// The fill of `digest` into `repo` from its upstream: joined if in flight, else started
+    /// (in a task of its own, so that it finishes for the cache and the other readers even if
+    /// the client that started it goes away). `None` without an upstream.
+    fn blob_fill(&self, repo: &RepoName, digest: &Digest) -> Option<watch::Receiver<FillState>> {
+        let upstream = self.upstream_for(repo)?.clone();
+        let key = (repo.clone(), digest.clone());
+        Some(self.inner.flights.join_or_start(&key.clone(), |tx| {
+            let reg = self.clone();
+            let job = FillJob {
+                blobs: self.inner.blobs.clone(),
+                meta: self.inner.meta.clone(),
+                upstream,
+                repo: repo.clone(),
+                digest: digest.clone(),
+            };
+            tokio::spawn(async move {
+                crate::fill::run(job, &tx).await;
+                reg.inner.flights.finish(&key, &tx);
+            });
+        }))
+    }
+
+    /// Fill blob `digest` and wait until it is stored: `Some(size)`, or `None` when the
+    /// upstream cannot supply it (logged by the fill).
+    async fn fill_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>> {
+        if let Some(size) = self.inner.meta.linked_blob_size(repo, digest).await? {
+            return Ok(Some(size));
+        }
+        let Some(mut rx) = self.blob_fill(repo, digest) else { return Ok(None) };
+        loop {
+            match &*rx.borrow_and_update() {
+                FillState::Done { size, .. } => return Ok(Some(*size)),
+                FillState::Absent | FillState::Failed(_) => return Ok(None),
+                FillState::Connecting | FillState::Streaming { .. } => {}
+            }
+            if rx.changed().await.is_err() && !matches!(*rx.borrow(), FillState::Done { .. }) {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Fill every blob of `manifest` that `repo` lacks, at the same time. `false` if the
+    /// upstream could not supply one of them.
+    async fn fill_blobs_of(&self, repo: &RepoName, manifest: &Manifest) -> Result<bool> {
+        let missing: Vec<&Descriptor> =
+            manifest.blobs().into_iter().filter(|d| !self.foreign_allowed(d)).collect();
+        let filled =
+            futures_util::future::try_join_all(missing.iter().map(|d| self.fill_blob(repo, &d.digest)))
+                .await?;
+        Ok(filled.iter().all(Option::is_some))
     }
 
     /// Fetch manifest `digest` (and the blobs it needs) from the repository's upstream and
     /// store it through the normal push path. `Ok(false)` when there is no upstream, it does
     /// not have the manifest, or it cannot be reached (logged).
     async fn fill_manifest(&self, repo: &RepoName, digest: &Digest, depth: u8) -> Result<bool> {
-        let Some(upstream) = self.upstream_for(repo) else { return Ok(false) };
-        let (media_type, bytes) = match upstream.manifest(repo, digest).await {
+        let Some(rule) = self.upstream_rule(repo) else { return Ok(false) };
+        let upstream = &rule.upstream;
+        // One look-up upstream per manifest; whoever waited finds it stored.
+        let _one_at_a_time = self.inner.manifest_locks.lock(format!("{repo}@{digest}")).await;
+        if self.inner.meta.manifest_exists(repo, digest).await?.is_some() {
+            return Ok(true);
+        }
+        let (media_type, bytes) = match upstream.manifest(repo, &Reference::Digest(digest.clone())).await {
             Ok(Some(m)) => m,
             Ok(None) => return Ok(false),
             Err(e) => {
@@ -557,15 +729,11 @@ impl Registry {
             return Ok(false);
         }
         let Ok(manifest) = Manifest::parse(Some(&media_type), &bytes) else { return Ok(false) };
-        for desc in manifest.blobs() {
-            if !self.foreign_allowed(desc)
-                && self.inner.meta.linked_blob_size(repo, &desc.digest).await?.is_none()
-            {
-                self.fill_blob(repo, &desc.digest).await?;
-            }
-        }
-        // An index needs whatever children this repository's policy requires.
-        if depth < 2 {
+        self.fill_blobs_of(repo, &manifest).await?;
+        // An index needs whatever children this repository's policy requires; with
+        // pull-through it is stored as received and its children fill when asked for.
+        let sparse = rule.proxy_tags;
+        if depth < 2 && !sparse {
             let rule = self.index_rule(repo).clone();
             for child in manifest.children() {
                 if rule.requires(child)
@@ -578,7 +746,8 @@ impl Registry {
         // What the upstream could not complete (a missing layer, a required child it lacks) is
         // a manifest this registry does not have: the client gets the usual 404, not the 400
         // a pushing client would.
-        match self.put_manifest(repo, &Reference::Digest(digest.clone()), Some(&media_type), &bytes).await {
+        let reference = Reference::Digest(digest.clone());
+        match self.store_manifest(repo, &reference, Some(&media_type), &bytes, sparse).await {
             Ok(_) => {
                 tracing::info!(%repo, %digest, upstream = %upstream.describe(), "filled manifest from upstream");
                 Ok(true)
@@ -591,30 +760,110 @@ impl Registry {
         }
     }
 
-    /// Fetch blob `digest` from the repository's upstream, verify, store, link.
-    async fn fill_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>> {
-        let Some(upstream) = self.upstream_for(repo) else { return Ok(None) };
-        let stream = match upstream.blob(repo, digest).await {
-            Ok(Some(s)) => s,
-            Ok(None) => return Ok(None),
+    /// Pull-through by tag: the tag as stored here if it was checked within the TTL, else as
+    /// the upstream has it now (stored as received), else, when the upstream cannot be asked,
+    /// as stored here.
+    async fn get_proxied_tag(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+        rule: &UpstreamRule,
+    ) -> Result<ServedManifest> {
+        let served = |m: StoredManifest| ServedManifest {
+            digest: m.digest,
+            media_type: m.media_type,
+            content: m.content.into(),
+        };
+        let now = unix_now();
+        let ttl = i64::try_from(rule.tag_ttl.as_secs()).unwrap_or(i64::MAX);
+        let fresh = |checked: Option<i64>| checked.is_some_and(|c| c <= now && now - c < ttl);
+        if let Some((m, checked)) = self.inner.meta.get_tagged_manifest_checked(repo, tag).await?
+            && fresh(checked)
+        {
+            return Ok(served(m));
+        }
+        // One look-up per tag at a time; those who waited find it fresh.
+        let _one_at_a_time = self.inner.manifest_locks.lock(format!("{repo}:{tag}")).await;
+        let local = self.inner.meta.get_tagged_manifest_checked(repo, tag).await?;
+        if let Some((m, checked)) = &local
+            && fresh(*checked)
+        {
+            return Ok(served(m.clone()));
+        }
+        let local = local.map(|(m, _)| m);
+        let upstream = &rule.upstream;
+        let reference = Reference::Tag(tag.clone());
+        let (media_type, bytes) = match upstream.manifest(repo, &reference).await {
+            Ok(Some(m)) => m,
+            Ok(None) => {
+                return match local {
+                    Some(m) => {
+                        tracing::warn!(%repo, %tag, upstream = %upstream.describe(), "tag is gone upstream; serving the copy here");
+                        self.inner.meta.mark_tag_checked(repo, tag, &m.digest, now).await?;
+                        Ok(served(m))
+                    }
+                    None => Err(RegistryError::ManifestUnknown {
+                        message: format!(
+                            "tag {tag} is neither in repository {repo} nor upstream at {}",
+                            upstream.describe()
+                        ),
+                    }),
+                };
+            }
             Err(e) => {
-                tracing::warn!(%repo, %digest, upstream = %upstream.describe(), error = %e, "on-demand fill failed");
-                return Ok(None);
+                tracing::warn!(%repo, %tag, upstream = %upstream.describe(), error = %e, "pull-through: upstream unavailable");
+                return match local {
+                    Some(m) => Ok(served(m)),
+                    None => Err(RegistryError::ManifestUnknown {
+                        message: format!(
+                            "tag {tag} is not in repository {repo}, and its upstream {} could not be \
+                             asked: {e}",
+                            upstream.describe()
+                        ),
+                    }),
+                };
             }
         };
-        // A stream that breaks off or hashes wrong leaves nothing stored: the blob is still
-        // unknown here, which is what the pulling client is told.
-        let size = match self.inner.blobs.put_stream(digest, stream).await {
-            Ok(size) => size,
-            Err(e @ StorageError::Io(_)) => return Err(RegistryError::Storage(e)),
-            Err(e) => {
-                tracing::warn!(%repo, %digest, upstream = %upstream.describe(), error = %e, "on-demand fill failed");
-                return Ok(None);
+        let digest = Digest::compute(Algorithm::Sha256, &bytes);
+        if let Some(m) = &local
+            && m.digest == digest
+        {
+            self.inner.meta.mark_tag_checked(repo, tag, &digest, now).await?;
+            return Ok(served(m.clone()));
+        }
+        let stored = match Manifest::parse(Some(&media_type), &bytes) {
+            Ok(manifest) if self.fill_blobs_of(repo, &manifest).await? => {
+                self.store_manifest(repo, &reference, Some(&media_type), &bytes, true).await.map(|_| ())
             }
+            Ok(_) => Err(RegistryError::ManifestUnknown {
+                message: format!(
+                    "tag {tag} of {}: the upstream could not supply every blob of manifest {digest}",
+                    upstream.describe()
+                ),
+            }),
+            Err(e) => Err(RegistryError::ManifestInvalid(format!(
+                "tag {tag} of {} is not a manifest this registry can store: {e}",
+                upstream.describe()
+            ))),
         };
-        self.inner.meta.link_blob(repo, digest, size).await?;
-        tracing::info!(%repo, %digest, size, upstream = %upstream.describe(), "filled blob from upstream");
-        Ok(Some(size))
+        match stored {
+            Ok(()) => {
+                self.inner.meta.mark_tag_checked(repo, tag, &digest, now).await?;
+                tracing::info!(%repo, %tag, %digest, upstream = %upstream.describe(), "pull-through: tag updated from upstream");
+                match self.inner.meta.get_manifest(repo, &digest).await? {
+                    Some(m) => Ok(served(m)),
+                    None => Err(self.manifest_unknown(repo, &reference).await?),
+                }
+            }
+            Err(e @ (RegistryError::Storage(_) | RegistryError::Metadata(_))) => Err(e),
+            Err(e) => match local {
+                Some(m) => {
+                    tracing::warn!(%repo, %tag, upstream = %upstream.describe(), error = %e, "pull-through: keeping the copy here");
+                    Ok(served(m))
+                }
+                None => Err(e),
+            },
+        }
     }
 
     // ---- discovery ---------------------------------------------------------------------
@@ -719,4 +968,10 @@ impl Registry {
         let figures = self.inner.meta.storage_figures(include).await?;
         Ok(StorageReport::from_figures(figures))
     }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }

@@ -24,7 +24,8 @@ pub struct ServerFile {
     /// Run garbage collection (grace period 1 h) every this many minutes inside `wharf serve`;
     /// absent or 0: never (run `wharf gc` instead).
     pub gc_interval_minutes: Option<u64>,
-    /// Upstreams that fill absent manifests and blobs on demand.
+    /// Upstreams that fill absent manifests and blobs on demand (and, with `proxy_tags`, serve
+    /// tags: pull-through).
     #[serde(default)]
     pub upstreams: Vec<crate::upstream::UpstreamFile>,
     /// The registry's own scheduled mirrors (see `crate::mirrors`).

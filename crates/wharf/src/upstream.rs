@@ -4,7 +4,9 @@ use anyhow::Context;
 use futures_util::TryStreamExt;
 use wharf_client::{ClientError, RegistryClient};
 use wharf_oci::{Digest, Reference, RepoName};
-use wharf_registry::{BoxFuture, RepoPattern, Upstream, UpstreamManifest, UpstreamRule};
+use wharf_registry::{
+    BoxFuture, DEFAULT_TAG_TTL, RepoPattern, Upstream, UpstreamBlob, UpstreamManifest, UpstreamRule,
+};
 use wharf_storage::BodyStream;
 
 /// `[[upstreams]]` in the server config.
@@ -23,6 +25,12 @@ pub struct UpstreamFile {
     pub credentials: Option<String>,
     /// Extra CA certificates (`*.crt`) to trust for this upstream.
     pub cert_dir: Option<std::path::PathBuf>,
+    /// Pull-through: a tag that is not here, or was last checked more than `tag_ttl` ago, is
+    /// looked up upstream.
+    #[serde(default)]
+    pub proxy_tags: bool,
+    /// e.g. `"5m"`, `"1h"`, `"30s"` [default: 5m].
+    pub tag_ttl: Option<String>,
 }
 
 fn default_true() -> bool {
@@ -73,13 +81,11 @@ impl Upstream for HttpUpstream {
     fn manifest<'a>(
         &'a self,
         repo: &'a RepoName,
-        digest: &'a Digest,
+        reference: &'a Reference,
     ) -> BoxFuture<'a, Result<Option<UpstreamManifest>, String>> {
         Box::pin(async move {
             let remote = self.remote_repo(repo)?;
-            let m = not_found_is_none(
-                self.client.get_manifest(&remote, &Reference::Digest(digest.clone())).await,
-            )?;
+            let m = not_found_is_none(self.client.get_manifest(&remote, reference).await)?;
             Ok(m.map(|m| (m.media_type, m.bytes.to_vec())))
         })
     }
@@ -88,11 +94,15 @@ impl Upstream for HttpUpstream {
         &'a self,
         repo: &'a RepoName,
         digest: &'a Digest,
-    ) -> BoxFuture<'a, Result<Option<BodyStream>, String>> {
+    ) -> BoxFuture<'a, Result<Option<UpstreamBlob>, String>> {
         Box::pin(async move {
             let remote = self.remote_repo(repo)?;
-            let blob = not_found_is_none(self.client.get_blob(&remote, digest, 0).await)?;
-            Ok(blob.map(|(_, stream)| -> BodyStream { Box::pin(stream.map_err(std::io::Error::other)) }))
+            // The registry verifies the digest while it stores the blob: hash once, not twice.
+            let blob = not_found_is_none(self.client.get_blob_unverified(&remote, digest).await)?;
+            Ok(blob.map(|(size, stream)| {
+                let body: BodyStream = Box::pin(stream.map_err(std::io::Error::other));
+                UpstreamBlob { size: Some(size), body }
+            }))
         })
     }
 }
@@ -111,12 +121,23 @@ pub fn upstream_rules(files: &[UpstreamFile]) -> anyhow::Result<Vec<UpstreamRule
             _ => (rest.trim_end_matches('/'), None),
         };
         let client =
-            crate::client::registry_client(host, u.tls_verify, u.credentials.as_deref(), u.cert_dir.clone())
+            crate::client::upstream_client(host, u.tls_verify, u.credentials.as_deref(), u.cert_dir.clone())
                 .with_context(at)?;
         let strip = u.pattern.split('/').take_while(|s| !s.contains('*')).map(str::to_owned).collect();
+        let tag_ttl = match &u.tag_ttl {
+            Some(t) => {
+                crate::gc_cmd::parse_duration(t).map_err(|e| anyhow::anyhow!("{}: tag_ttl: {e}", at()))?
+            }
+            None => DEFAULT_TAG_TTL,
+        };
+        if u.tag_ttl.is_some() && !u.proxy_tags {
+            anyhow::bail!("{}: tag_ttl applies only with proxy_tags = true", at());
+        }
+        let upstream = std::sync::Arc::new(HttpUpstream { client, strip, prefix });
         rules.push(UpstreamRule {
-            pattern: RepoPattern::new(&u.pattern),
-            upstream: std::sync::Arc::new(HttpUpstream { client, strip, prefix }),
+            proxy_tags: u.proxy_tags,
+            tag_ttl,
+            ..UpstreamRule::new(RepoPattern::new(&u.pattern), upstream)
         });
     }
     Ok(rules)
@@ -136,9 +157,13 @@ mod tests {
             tls_verify: true,
             credentials: Some("u:p".into()),
             cert_dir: None,
+            proxy_tags: true,
+            tag_ttl: Some("90s".into()),
         };
         let rules = upstream_rules(&[file]).unwrap();
         assert_eq!(rules[0].upstream.describe(), "127.0.0.1:1/vendor");
+        assert!(rules[0].proxy_tags);
+        assert_eq!(rules[0].tag_ttl, std::time::Duration::from_secs(90));
         let up = HttpUpstream {
             client: RegistryClient::new("127.0.0.1:1", ClientOptions::default()).unwrap(),
             strip: vec!["mirror".into()],
@@ -152,6 +177,8 @@ mod tests {
                 tls_verify: true,
                 credentials: None,
                 cert_dir: None,
+                proxy_tags: false,
+                tag_ttl: None,
             }])
             .is_err()
         );

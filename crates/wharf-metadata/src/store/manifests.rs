@@ -155,6 +155,58 @@ impl MetadataStore {
         .transpose()
     }
 
+    /// Like [`MetadataStore::get_tagged_manifest`], with when the tag was last checked against
+    /// an upstream (unix seconds; `None` if never): pull-through by tag decides on it whether to
+    /// ask the upstream again.
+    pub async fn get_tagged_manifest_checked(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+    ) -> Result<Option<(StoredManifest, Option<i64>)>> {
+        let row = sqlx::query(
+            "SELECT m.digest, m.media_type, m.content, t.upstream_checked_at FROM tags t \
+             JOIN manifests m ON m.repo = t.repo AND m.digest = t.digest \
+             WHERE t.repo = $1 AND t.tag = $2",
+        )
+        .bind(repo.as_str())
+        .bind(tag.as_str())
+        .fetch_optional(&self.read)
+        .await?;
+        row.map(|r| {
+            Ok((
+                StoredManifest {
+                    digest: row_digest(&r, "digest")?,
+                    media_type: r.try_get("media_type")?,
+                    content: r.try_get("content")?,
+                },
+                r.try_get::<Option<i64>, _>("upstream_checked_at")?,
+            ))
+        })
+        .transpose()
+    }
+
+    /// Record that `tag` was compared with the upstream at `at` (unix seconds), if it still
+    /// points at `digest` (a push in between keeps its own state). Returns whether it did.
+    pub async fn mark_tag_checked(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+        digest: &Digest,
+        at: i64,
+    ) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE tags SET upstream_checked_at = $4 WHERE repo = $1 AND tag = $2 AND digest = $3",
+        )
+        .bind(repo.as_str())
+        .bind(tag.as_str())
+        .bind(digest.to_string())
+        .bind(at)
+        .execute(&self.write)
+        .await?
+        .rows_affected();
+        Ok(n > 0)
+    }
+
     /// Media type and size of the manifest, if it is in `repo` (for `HEAD`).
     pub async fn manifest_exists(&self, repo: &RepoName, digest: &Digest) -> Result<Option<(String, u64)>> {
         let row = sqlx::query("SELECT media_type, size FROM manifests WHERE repo = $1 AND digest = $2")

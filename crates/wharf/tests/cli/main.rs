@@ -2,11 +2,13 @@
 //! config file and flags). One test binary for the crate.
 
 mod auth;
+mod containerd;
 mod copy;
 mod fill;
 mod gc;
 mod interop;
 mod mirrors;
+mod pullthrough;
 mod replicas;
 mod report;
 mod server;

@@ -327,7 +327,8 @@ fn a_wrong_key_or_missing_bucket_stops_the_start_naming_endpoint_and_bucket() {
 #[test]
 fn redirect_mode_sends_blob_gets_to_a_presigned_url_that_skopeo_follows() {
     let garage = Garage::start();
-    let config = format!("[index_policy]\ndefault = \"sparse\"\n{}redirect = true\n", garage.storage_toml("redirect"));
+    let config =
+        format!("[index_policy]\ndefault = \"sparse\"\n{}redirect = true\n", garage.storage_toml("redirect"));
     let server = WharfServer::start(Backend::Sqlite, &config);
     let image = TestImage::builder().seed(98).tag("v1").build();
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -348,9 +349,15 @@ fn redirect_mode_sends_blob_gets_to_a_presigned_url_that_skopeo_follows() {
 
     let out = tempfile::tempdir().unwrap();
     let out_ref = format!("oci:{}:v1", out.path().display());
-    run_ok(skopeo(["copy", "--all", "--src-tls-verify=false"]).arg(server.docker_ref("team/app:v1")).arg(&out_ref));
+    run_ok(
+        skopeo(["copy", "--all", "--src-tls-verify=false"])
+            .arg(server.docker_ref("team/app:v1"))
+            .arg(&out_ref),
+    );
     assert_eq!(skopeo_inspect_raw(&out_ref), image.index.bytes);
-    let copied = std::fs::read(out.path().join("blobs/sha256").join(wharf_testkit::digest_hex(&layer.digest))).unwrap();
+    let copied =
+        std::fs::read(out.path().join("blobs/sha256").join(wharf_testkit::digest_hex(&layer.digest)))
+            .unwrap();
     assert_eq!(digest_of(&copied), layer.digest);
 }
 
@@ -379,13 +386,18 @@ fn gc_waits_for_the_replica_that_holds_the_gc_lock() {
         .spawn()
         .expect("psql must be installed (postgresql-client)");
     let mut stdin = holder.stdin.take().unwrap();
-    writeln!(stdin, "SELECT pg_advisory_lock({});\nSELECT 'locked';", crate::mirrors::lock_key("job:gc")).unwrap();
+    writeln!(stdin, "SELECT pg_advisory_lock({});\nSELECT 'locked';", crate::mirrors::lock_key("job:gc"))
+        .unwrap();
     let mut lines = BufReader::new(holder.stdout.take().unwrap()).lines();
     assert!(lines.any(|l| l.is_ok_and(|l| l == "locked")), "psql did not take the lock");
 
     let out = gc();
     assert!(!out.status.success(), "gc ran beside another collector");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("already running"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already running"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     drop(stdin);
     holder.wait().unwrap();
