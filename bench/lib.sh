@@ -134,9 +134,11 @@ timed() { # logfile cmd...
 # A random port nobody listens on right now (it can still be taken before the server binds it:
 # start_registry retries).
 free_port() {
-    local p
-    for _ in $(seq 1 100); do
-        p=$((20000 + RANDOM % 40000))
+    local p i
+    for i in $(seq 1 100); do
+        # $(free_port) runs in a subshell that inherits RANDOM's state: two calls in a row would
+        # draw the same number without the subshell's own pid in the mix.
+        p=$((20000 + (RANDOM + BASHPID * 7 + i) % 40000))
         if [ -z "$(ss -Hltn "sport = :$p" 2>/dev/null)" ]; then echo "$p"; return; fi
     done
     log "no free port found"; exit 1

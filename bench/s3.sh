@@ -109,9 +109,9 @@ stop_server distribution
 rm -f "$TMP/blob-distribution"
 
 # --- wharf on S3 (SQLite metadata: one replica) ------------------------------------------------
-mkdir -p "$TMP/wharf"
-wharf_storage wharf single > "$TMP/wharf/wharf.toml"
-start_registry wharf wharf --config "$TMP/wharf/wharf.toml"
+# (launch_registry gives each server a fresh $TMP/NAME: configs live beside it)
+wharf_storage wharf single > "$TMP/wharf.toml"
+start_registry wharf wharf --config "$TMP/wharf.toml"
 measure wharf "$ADDR"
 stop_server wharf
 rm -f "$TMP/blob-wharf"

@@ -52,6 +52,10 @@ const PART_CONCURRENCY: usize = 2;
 /// Above this, a one-chunk upload is streamed into a multipart upload instead of copied:
 /// a single CopyObject is limited to 5 GiB on AWS.
 const COPY_MAX: u64 = 5 << 30;
+/// Reads longer than this fetch ranges of READ_PART bytes, READ_PARTS_AHEAD at a time.
+const PARALLEL_READ_FROM: u64 = 16 << 20;
+const READ_PART: u64 = 4 << 20;
+const READ_PARTS_AHEAD: usize = 3;
 /// How long a redirect URL for a blob GET stays valid.
 const PRESIGN_FOR: Duration = Duration::from_secs(15 * 60);
 
@@ -322,8 +326,28 @@ impl S3Store {
         let size = size.unwrap_or(got.meta.size);
         let len = len.unwrap_or(size);
         let describe = self.describe.clone();
-        let body = got
-            .into_stream()
+        let first = got.into_stream();
+        if len <= PARALLEL_READ_FROM {
+            let body = first.map_err(move |e| std::io::Error::other(format!("object store ({describe}): {e}")));
+            return Ok(Some(BlobRead { size, start, len, body: Box::pin(body) }));
+        }
+        // A large read: the first part from the response in hand, the rest as ranged GETs a few
+        // at a time, in order. One GET stream runs at what one object-store connection gives;
+        // several keep the store's cores busy. Memory: READ_PARTS_AHEAD parts per download.
+        let end = start + len;
+        let ranges: Vec<std::ops::Range<u64>> = (start + READ_PART..end)
+            .step_by(READ_PART as usize)
+            .map(|from| from..(from + READ_PART).min(end))
+            .collect();
+        let (s3, rest_path) = (self.s3.clone(), path.clone());
+        let rest = futures_util::stream::iter(ranges)
+            .map(move |r| {
+                let (s3, path) = (s3.clone(), rest_path.clone());
+                async move { s3.get_range(&path, r).await }
+            })
+            .buffered(READ_PARTS_AHEAD);
+        let body = take_bytes(first, READ_PART)
+            .chain(rest)
             .map_err(move |e| std::io::Error::other(format!("object store ({describe}): {e}")));
         Ok(Some(BlobRead { size, start, len, body: Box::pin(body) }))
     }
@@ -487,6 +511,16 @@ impl S3Store {
         Ok(objects)
     }
 
+    /// [`Self::upload_objects`], dropping this replica's session state for an upload that is
+    /// gone (committed or cancelled elsewhere).
+    async fn objects_or_forget(&self, id: &str) -> Result<UploadObjects, StorageError> {
+        let objects = self.upload_objects(id).await;
+        if let Err(StorageError::UploadUnknown(_)) = &objects {
+            self.forget(id);
+        }
+        objects
+    }
+
     pub(crate) async fn create_upload(&self) -> Result<String, StorageError> {
         let id = Uuid::new_v4().hyphenated().to_string();
         let marker = self.key(&format!("uploads/{id}/created"));
@@ -500,15 +534,7 @@ impl S3Store {
         validate_id(id)?;
         let session = self.session(id);
         let _guard = session.lock().await;
-        match self.upload_objects(id).await {
-            Ok(o) => Ok(o.size()),
-            Err(e) => {
-                if matches!(e, StorageError::UploadUnknown(_)) {
-                    self.forget(id);
-                }
-                Err(e)
-            }
-        }
+        Ok(self.objects_or_forget(id).await?.size())
     }
 
     /// Writes the chunk as one object at the upload's current size. The object exists only
@@ -522,16 +548,7 @@ impl S3Store {
         validate_id(id)?;
         let session = self.session(id);
         let mut guard = session.lock().await;
-        let objects = match self.upload_objects(id).await {
-            Ok(o) => o,
-            Err(e) => {
-                drop(guard);
-                if matches!(e, StorageError::UploadUnknown(_)) {
-                    self.forget(id);
-                }
-                return Err(e);
-            }
-        };
+        let objects = self.objects_or_forget(id).await?;
         let size = objects.size();
         if let Some(start) = start.filter(|s| *s != size) {
             return Err(StorageError::OffsetMismatch { expected: start, actual: size });
@@ -621,16 +638,7 @@ impl S3Store {
         validate_id(id)?;
         let session = self.session(id);
         let guard = session.lock().await;
-        let objects = match self.upload_objects(id).await {
-            Ok(o) => o,
-            Err(e) => {
-                drop(guard);
-                if matches!(e, StorageError::UploadUnknown(_)) {
-                    self.forget(id);
-                }
-                return Err(e);
-            }
-        };
+        let objects = self.objects_or_forget(id).await?;
         let size = objects.size();
         let data = objects.data_chunks();
         let known = self.known_digest(&guard, &objects, size, expected.algorithm()).await;
@@ -710,6 +718,28 @@ impl S3Store {
         }
         Ok(newest.into_iter().filter(|(_, t)| *t < older_than).map(|(id, _)| id).collect())
     }
+}
+
+/// The first `n` bytes of `stream`; the rest is never read (the response is dropped).
+fn take_bytes<E>(
+    stream: impl futures_util::Stream<Item = Result<Bytes, E>> + Send + 'static,
+    n: u64,
+) -> impl futures_util::Stream<Item = Result<Bytes, E>> + Send + 'static {
+    futures_util::stream::unfold((Box::pin(stream), n), |(mut stream, left)| async move {
+        if left == 0 {
+            return None;
+        }
+        match stream.next().await? {
+            Ok(mut bytes) => {
+                if bytes.len() as u64 > left {
+                    bytes.truncate(left as usize);
+                }
+                let left = left - bytes.len() as u64;
+                Some((Ok(bytes), (stream, left)))
+            }
+            Err(e) => Some((Err(e), (stream, 0))),
+        }
+    })
 }
 
 /// A [`BufWriter`] that aborts its multipart upload when dropped unfinished (a client that went

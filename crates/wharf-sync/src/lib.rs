@@ -22,7 +22,7 @@ pub mod skopeo;
 
 pub use bundle::{Bundle, BundleVerification, load_bundle, parse_size, verify_bundle};
 pub use config::{Defaults, ImageSpec, SyncConfig};
-pub use mirror::{LocalTarget, MirrorSpec, parse_interval, run_mirror};
+pub use mirror::{LocalTarget, MirrorSpec, parse_duration, parse_interval, run_mirror};
 pub use naming::{Destination, Rule};
 pub use report::{ImageRow, Status, SyncReport};
 pub use run::{SyncOptions, sync, sync_all};

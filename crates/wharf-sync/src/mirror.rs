@@ -179,14 +179,18 @@ fn check_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// `30m`, `1h30m`, `90s`, `2d`: a sum of numbers with units s, m, h, d; at least one second.
-pub fn parse_interval(s: &str) -> Result<Duration, String> {
-    let bad =
-        || format!("{s:?} is not a duration: write it like \"30s\", \"30m\", \"6h\", \"1h30m\" or \"1d\"");
+/// `90s`, `30m`, `2h`, `1d`, `1h30m`, `0s`: a sum of numbers with units s, m, h, d; a bare
+/// number is seconds. For every duration a config or flag takes (intervals, TTLs, grace periods).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("{s:?} is not a duration: write it like \"30s\", \"30m\", \"6h\", \"1h30m\" or \"1d\"");
+    let s = s.trim();
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s.parse().map(Duration::from_secs).map_err(|_| bad());
+    }
     let mut total: u64 = 0;
     let mut number = String::new();
     let mut any = false;
-    for c in s.trim().chars() {
+    for c in s.chars() {
         if c.is_ascii_digit() {
             number.push(c);
             continue;
@@ -206,10 +210,16 @@ pub fn parse_interval(s: &str) -> Result<Duration, String> {
     if !any || !number.is_empty() {
         return Err(bad());
     }
-    if total == 0 {
+    Ok(Duration::from_secs(total))
+}
+
+/// A mirror's `interval`: a [`parse_duration`] of at least one second.
+pub fn parse_interval(s: &str) -> Result<Duration, String> {
+    let total = parse_duration(s)?;
+    if total.is_zero() {
         return Err(format!("{s:?} is zero: a mirror needs at least one second between runs"));
     }
-    Ok(Duration::from_secs(total))
+    Ok(total)
 }
 
 #[cfg(test)]
@@ -229,7 +239,8 @@ mod tests {
         assert_eq!(parse_interval("1h30m").unwrap(), Duration::from_secs(5400));
         assert_eq!(parse_interval("90s").unwrap(), Duration::from_secs(90));
         assert_eq!(parse_interval("1d").unwrap(), Duration::from_secs(86_400));
-        for bad in ["", "30", "m", "0s", "1x", "-1m", "99999999999999999999d"] {
+        assert_eq!(parse_interval("45").unwrap(), Duration::from_secs(45), "a bare number is seconds");
+        for bad in ["", "m", "0s", "0", "1x", "-1m", "99999999999999999999d"] {
             assert!(parse_interval(bad).is_err(), "{bad}");
         }
     }

@@ -72,13 +72,11 @@ impl Nginx {
 fn config(dir: &std::path::Path, addr: &str, upstreams: &[String]) -> String {
     let d = dir.display();
     let servers: String = upstreams.iter().map(|u| format!("        server {u} max_fails=0;\n")).collect();
-    // Root runs the tests (CI): workers stay root so they can use the temp dir.
-    let user = if is_root() { "user root;\n" } else { "" };
     format!(
         r#"daemon off;
-master_process on;
-worker_processes 1;
-{user}pid {d}/nginx.pid;
+# One process: killing it leaves no orphaned workers holding the port.
+master_process off;
+pid {d}/nginx.pid;
 error_log {d}/error.log warn;
 events {{ worker_connections 1024; }}
 http {{
@@ -115,10 +113,6 @@ http {{
 }}
 "#
     )
-}
-
-fn is_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 impl Drop for Nginx {

@@ -134,36 +134,7 @@ async fn open_stores(args: &StoreArgs) -> anyhow::Result<(BlobStore, MetadataSto
 
 /// `90s`, `30m`, `2h`, `1d`, `1h30m`, `0s`; a bare number is seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("{s:?} is not a duration: use e.g. 30m, 2h, 1d, 1h30m or 0s");
-    let s = s.trim();
-    if s.is_empty() {
-        return Err(bad());
-    }
-    if s.bytes().all(|b| b.is_ascii_digit()) {
-        return s.parse().map(Duration::from_secs).map_err(|_| bad());
-    }
-    let mut total: u64 = 0;
-    let mut number = String::new();
-    for c in s.chars() {
-        if c.is_ascii_digit() {
-            number.push(c);
-            continue;
-        }
-        let unit = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86_400,
-            _ => return Err(bad()),
-        };
-        let n: u64 = number.parse().map_err(|_| bad())?;
-        number.clear();
-        total = n.checked_mul(unit).and_then(|v| total.checked_add(v)).ok_or_else(bad)?;
-    }
-    if !number.is_empty() {
-        return Err(bad());
-    }
-    Ok(Duration::from_secs(total))
+    wharf_sync::parse_duration(s)
 }
 
 #[cfg(test)]
