@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Small blobs on kept-alive connections: what every client pays for configs, signatures and
+# small layers. GET of a 584-byte blob with wrk, one connection (-t1 -c1: latency) and 32
+# (-t2 -c32: rate), HEAD of it, against CNCF distribution 2.8 and nginx serving a file of the
+# same size (the reference), side by side in one run.
+#
+# usage: bench/small.sh [path-to-wharf-binary]     env: BENCH_WRK_SECONDS (default 5), TMPDIR
+set -euo pipefail
+# shellcheck source=bench/lib.sh
+. "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib.sh"
+bench_init "$@"
+WRK_SECONDS="${BENCH_WRK_SECONDS:-5}"
+need_tools docker-registry curl wrk openssl awk ss nginx
+make_tmp wharf-small-bench
+build_wharf_if_missing
+
+head -c 584 /dev/urandom > "$TMP/small"
+DIGEST="$(file_digest "$TMP/small")"
+# (HEAD is left out: wrk's parser waits for a body after a HEAD response on a kept-alive
+# connection and counts nothing.)
+declare -A LAT1 RPS1 RPS32
+run_wrk() { # url threads conns -> "latency_ms rps"
+    local out
+    out="$(timeout $((WRK_SECONDS + 30)) wrk -t"$2" -c"$3" -d"${WRK_SECONDS}s" --timeout 5s "$1")"
+    awk '/^    Latency/ { l = $2 } /^Requests\/sec:/ { r = $2 }
+         END { if (l ~ /us$/) { sub(/us$/, "", l); l = l / 1000 } else if (l ~ /ms$/) { sub(/ms$/, "", l) } else if (l ~ /s$/) { sub(/s$/, "", l); l = l * 1000 }
+               printf "%.3f %.0f", l, r }' <<<"$out"
+}
+measure_small() { # name url
+    local out
+    out="$(run_wrk "$2" 1 1)"; LAT1[$1]="${out% *}"; RPS1[$1]="${out#* }"
+    out="$(run_wrk "$2" 2 32)"; RPS32[$1]="${out#* }"
+}
+
+for kind in distribution wharf; do
+    start_registry "$kind" "$kind"
+    out="$(push_blob "$ADDR" bench "$TMP/small" "$DIGEST")"
+    [ "${out%% *}" = 201 ] || { log "$kind: small blob PUT answered $out"; exit 1; }
+    log "[$kind] small blob GETs..."
+    measure_small "$kind" "http://$ADDR/v2/bench/blobs/$DIGEST"
+    stop_server "$kind"
+done
+
+# nginx, one worker, serving the same bytes as a static file.
+port="$(free_port)"; d="$TMP/nginx"; mkdir -p "$d/www"; cp "$TMP/small" "$d/www/small"
+cat > "$d/nginx.conf" <<EOT
+daemon off; master_process off; pid $d/nginx.pid; error_log $d/error.log warn;
+events { worker_connections 1024; }
+http { access_log off; client_body_temp_path $d/b; proxy_temp_path $d/p; fastcgi_temp_path $d/f; uwsgi_temp_path $d/u; scgi_temp_path $d/s;
+  server { listen 127.0.0.1:$port; root $d/www; } }
+EOT
+nginx -p "$d" -c "$d/nginx.conf" > "$d/log" 2>&1 &
+PIDS[nginx]=$!
+for _ in $(seq 1 50); do curl -s -o /dev/null "http://127.0.0.1:$port/small" && break; sleep 0.1; done
+log "[nginx] small file GETs..."
+measure_small nginx "http://127.0.0.1:$port/small"
+stop_server nginx
+
+printf '\nSmall blob (584 B) on kept-alive connections, loopback, %s cores, %s\n\n' "$(nproc)" "$(date -u +%Y-%m-%dT%H:%MZ)"
+printf '%-40s%14s%14s%14s\n' metric distribution wharf nginx
+for pair in "GET, 1 connection, mean latency (ms):LAT1" "GET, 1 connection (req/s):RPS1" \
+            "GET, 32 connections (req/s):RPS32"; do
+    label="${pair%%:*}"; arr="${pair##*:}"
+    eval "printf '%-40s%14s%14s%14s\n' \"\$label\" \"\${$arr[distribution]}\" \"\${$arr[wharf]}\" \"\${$arr[nginx]}\""
+done
