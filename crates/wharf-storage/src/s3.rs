@@ -328,7 +328,8 @@ impl S3Store {
         let describe = self.describe.clone();
         let first = got.into_stream();
         if len <= PARALLEL_READ_FROM {
-            let body = first.map_err(move |e| std::io::Error::other(format!("object store ({describe}): {e}")));
+            let body =
+                first.map_err(move |e| std::io::Error::other(format!("object store ({describe}): {e}")));
             return Ok(Some(BlobRead { size, start, len, body: Box::pin(body) }));
         }
         // A large read: the first part from the response in hand, the rest as ranged GETs a few

@@ -182,7 +182,8 @@ fn check_name(name: &str) -> Result<(), String> {
 /// `90s`, `30m`, `2h`, `1d`, `1h30m`, `0s`: a sum of numbers with units s, m, h, d; a bare
 /// number is seconds. For every duration a config or flag takes (intervals, TTLs, grace periods).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("{s:?} is not a duration: write it like \"30s\", \"30m\", \"6h\", \"1h30m\" or \"1d\"");
+    let bad =
+        || format!("{s:?} is not a duration: write it like \"30s\", \"30m\", \"6h\", \"1h30m\" or \"1d\"");
     let s = s.trim();
     if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
         return s.parse().map(Duration::from_secs).map_err(|_| bad());
