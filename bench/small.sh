@@ -18,10 +18,12 @@ head -c 584 /dev/urandom > "$TMP/small"
 DIGEST="$(file_digest "$TMP/small")"
 # (HEAD is left out: wrk's parser waits for a body after a HEAD response on a kept-alive
 # connection and counts nothing.)
-declare -A LAT1 RPS1 RPS32
-run_wrk() { # url threads conns -> "latency_ms rps"
+declare -A LAT1 RPS1 RPS32 TAG32 DIGEST32
+make_small_image
+MANIFEST_DIGEST="$(file_digest "$TMP/img/manifest.json")"
+run_wrk() { # url threads conns [accept] -> "latency_ms rps"
     local out
-    out="$(timeout $((WRK_SECONDS + 30)) wrk -t"$2" -c"$3" -d"${WRK_SECONDS}s" --timeout 5s "$1")"
+    out="$(timeout $((WRK_SECONDS + 30)) wrk -t"$2" -c"$3" -d"${WRK_SECONDS}s" --timeout 5s -H "Accept: ${4:-*/*}" "$1")"
     awk '/^    Latency/ { l = $2 } /^Requests\/sec:/ { r = $2 }
          END { if (l ~ /us$/) { sub(/us$/, "", l); l = l / 1000 } else if (l ~ /ms$/) { sub(/ms$/, "", l) } else if (l ~ /s$/) { sub(/s$/, "", l); l = l * 1000 }
                printf "%.3f %.0f", l, r }' <<<"$out"
@@ -38,10 +40,19 @@ for kind in distribution wharf; do
     [ "${out%% *}" = 201 ] || { log "$kind: small blob PUT answered $out"; exit 1; }
     log "[$kind] small blob GETs..."
     measure_small "$kind" "http://$ADDR/v2/bench/blobs/$DIGEST"
+    for f in config.json layer.tar.gz; do
+        out="$(push_blob "$ADDR" bench "$TMP/img/$f" "$(file_digest "$TMP/img/$f")")"
+        [ "${out%% *}" = 201 ] || { log "$kind: image blob PUT answered $out"; exit 1; }
+    done
+    [ "$(push_manifest "$ADDR" bench v1 "$TMP/img/manifest.json")" = 201 ] || { log "$kind: manifest PUT failed"; exit 1; }
+    log "[$kind] manifest GETs by tag and by digest..."
+    TAG32[$kind]="$(run_wrk "http://$ADDR/v2/bench/manifests/v1" 2 32 "$MANIFEST_TYPE")"; TAG32[$kind]="${TAG32[$kind]#* }"
+    DIGEST32[$kind]="$(run_wrk "http://$ADDR/v2/bench/manifests/$MANIFEST_DIGEST" 2 32 "$MANIFEST_TYPE")"; DIGEST32[$kind]="${DIGEST32[$kind]#* }"
     stop_server "$kind"
 done
 
-# nginx, one worker, serving the same bytes as a static file.
+# nginx, one process, serving the same bytes as a static file (and the manifest, for the rows
+# below: one file either way).
 port="$(free_port)"; d="$TMP/nginx"; mkdir -p "$d/www"; cp "$TMP/small" "$d/www/small"
 cat > "$d/nginx.conf" <<EOT
 daemon off; master_process off; pid $d/nginx.pid; error_log $d/error.log warn;
@@ -54,12 +65,16 @@ PIDS[nginx]=$!
 for _ in $(seq 1 50); do curl -s -o /dev/null "http://127.0.0.1:$port/small" && break; sleep 0.1; done
 log "[nginx] small file GETs..."
 measure_small nginx "http://127.0.0.1:$port/small"
+cp "$TMP/img/manifest.json" "$d/www/manifest"
+TAG32[nginx]="$(run_wrk "http://127.0.0.1:$port/manifest" 2 32)"; TAG32[nginx]="${TAG32[nginx]#* }"
+DIGEST32[nginx]="${TAG32[nginx]}"
 stop_server nginx
 
 printf '\nSmall blob (584 B) on kept-alive connections, loopback, %s cores, %s\n\n' "$(nproc)" "$(date -u +%Y-%m-%dT%H:%MZ)"
 printf '%-40s%14s%14s%14s\n' metric distribution wharf nginx
 for pair in "GET, 1 connection, mean latency (ms):LAT1" "GET, 1 connection (req/s):RPS1" \
-            "GET, 32 connections (req/s):RPS32"; do
+            "GET, 32 connections (req/s):RPS32" "manifest GET by tag, 32 conns (req/s):TAG32" \
+            "manifest GET by digest, 32 conns (req/s):DIGEST32"; do
     label="${pair%%:*}"; arr="${pair##*:}"
     eval "printf '%-40s%14s%14s%14s\n' \"\$label\" \"\${$arr[distribution]}\" \"\${$arr[wharf]}\" \"\${$arr[nginx]}\""
 done

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::watch;
 use wharf_metadata::{ChildRecord, MetadataStore, NewManifest, StoredManifest};
 
-use crate::cache::{ServedManifest, TagCache};
+use crate::cache::{ManifestCache, ServedManifest};
 use wharf_oci::{
     Algorithm, Descriptor, Digest, Manifest, ManifestError, Reference, RepoName, Tag, media_types,
 };
@@ -41,7 +41,7 @@ struct Inner {
     meta: MetadataStore,
     config: RegistryConfig,
     /// Present when this process is the metadata's only writer (SQLite).
-    tag_cache: Option<TagCache>,
+    manifest_cache: Option<ManifestCache>,
     /// Signature verdicts of `[[trust]]` repositories.
     trust_cache: TrustCache,
     /// Blob fills from upstreams in flight: one download per blob, whoever asks.
@@ -102,13 +102,13 @@ pub enum MountOutcome {
 
 impl Registry {
     pub fn new(blobs: BlobStore, meta: MetadataStore, config: RegistryConfig) -> Registry {
-        let tag_cache = (meta.backend() == "sqlite").then(TagCache::default);
+        let manifest_cache = (meta.backend() == "sqlite").then(ManifestCache::default);
         Registry {
             inner: Arc::new(Inner {
                 blobs,
                 meta,
                 config,
-                tag_cache,
+                manifest_cache,
                 trust_cache: TrustCache::default(),
                 flights: Flights::default(),
                 manifest_locks: KeyedLocks::default(),
@@ -381,7 +381,9 @@ impl Registry {
             media_type: m.media_type,
             content: m.content.into(),
         };
-        // By tag: the pull hot path. From the cache, else one query for tag and bytes.
+        // The pull hot path: from the cache (SQLite: this process is the only writer), else one
+        // query for the bytes (by tag: tag and bytes in one).
+        let cache = self.inner.manifest_cache.as_ref();
         let digest = match reference {
             Reference::Digest(d) => d,
             Reference::Tag(tag) => {
@@ -390,16 +392,15 @@ impl Registry {
                 if let Some(rule) = self.upstream_rule(repo).filter(|r| r.proxy_tags) {
                     return self.get_proxied_tag(repo, tag, rule).await;
                 }
-                let cache = self.inner.tag_cache.as_ref();
-                if let Some(hit) = cache.and_then(|c| c.get(repo, tag)) {
+                if let Some(hit) = cache.and_then(|c| c.get(repo, reference)) {
                     return Ok(hit);
                 }
-                let generation = cache.map(TagCache::generation);
+                let generation = cache.map(ManifestCache::generation);
                 return match self.inner.meta.get_tagged_manifest(repo, tag).await? {
                     Some(m) => {
                         let m = served(m);
                         if let (Some(c), Some(g)) = (cache, generation) {
-                            c.fill(g, repo, tag, &m);
+                            c.fill(g, repo, reference, &m);
                         }
                         Ok(m)
                     }
@@ -407,8 +408,16 @@ impl Registry {
                 };
             }
         };
+        if let Some(hit) = cache.and_then(|c| c.get(repo, reference)) {
+            return Ok(hit);
+        }
+        let generation = cache.map(ManifestCache::generation);
         if let Some(m) = self.inner.meta.get_manifest(repo, digest).await? {
-            return Ok(served(m));
+            let m = served(m);
+            if let (Some(c), Some(g)) = (cache, generation) {
+                c.fill(g, repo, reference, &m);
+            }
+            return Ok(m);
         }
         if self.fill_manifest(repo, digest, 0).await?
             && let Some(m) = self.inner.meta.get_manifest(repo, digest).await?
@@ -420,7 +429,7 @@ impl Registry {
 
     /// Tags of `repo` may have changed: drop what the cache holds for it.
     fn invalidate(&self, repo: &RepoName) {
-        if let Some(c) = &self.inner.tag_cache {
+        if let Some(c) = &self.inner.manifest_cache {
             c.invalidate(repo);
         }
     }
@@ -454,6 +463,9 @@ impl Registry {
                 return Ok((m.digest, m.media_type, m.content.len() as u64));
             }
         };
+        if let Some(hit) = self.inner.manifest_cache.as_ref().and_then(|c| c.get(repo, reference)) {
+            return Ok((hit.digest, hit.media_type, hit.content.len() as u64));
+        }
         if let Some((media_type, size)) = self.inner.meta.manifest_exists(repo, digest).await? {
             return Ok((digest.clone(), media_type, size));
         }
