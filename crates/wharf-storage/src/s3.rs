@@ -399,6 +399,24 @@ impl S3Store {
     ) -> Result<u64, StorageError> {
         let mut writer = Writer::new(self.writer(self.blob_key(expected)));
         let mut hasher = expected.algorithm().hasher();
+        let n = self.pump(&mut body, Some(&mut hasher), &mut writer).await?;
+        let actual = hasher.finish();
+        if actual != *expected {
+            writer.abort().await;
+            return Err(StorageError::DigestMismatch { expected: expected.clone(), actual });
+        }
+        writer.finish().await.map_err(|e| self.unavailable(e))?;
+        Ok(n)
+    }
+
+    /// Reads `body` to the end into `writer`, hashing it when a hasher is given; returns the
+    /// byte count. A body that fails aborts the writer (nothing becomes visible).
+    async fn pump(
+        &self,
+        body: &mut BodyStream,
+        mut hasher: Option<&mut DigestHasher>,
+        writer: &mut Writer,
+    ) -> Result<u64, StorageError> {
         let mut n = 0u64;
         while let Some(chunk) = body.next().await {
             let chunk = match chunk {
@@ -408,16 +426,15 @@ impl S3Store {
                     return Err(StorageError::Body(e.to_string()));
                 }
             };
-            hasher.update(&chunk);
+            if chunk.is_empty() {
+                continue;
+            }
+            if let Some(h) = hasher.as_deref_mut() {
+                h.update(&chunk);
+            }
             n += chunk.len() as u64;
             writer.put(chunk).await.map_err(|e| self.unavailable(e))?;
         }
-        let actual = hasher.finish();
-        if actual != *expected {
-            writer.abort().await;
-            return Err(StorageError::DigestMismatch { expected: expected.clone(), actual });
-        }
-        writer.finish().await.map_err(|e| self.unavailable(e))?;
         Ok(n)
     }
 
@@ -557,24 +574,7 @@ impl S3Store {
         let mut hasher = guard.continue_hash(size);
         let chunk_key = self.key(&format!("uploads/{id}/chunk-{size:020}"));
         let mut writer = Writer::new(self.writer(chunk_key));
-        let mut n = 0u64;
-        while let Some(chunk) = body.next().await {
-            let chunk = match chunk {
-                Ok(c) => c,
-                Err(e) => {
-                    writer.abort().await;
-                    return Err(StorageError::Body(e.to_string()));
-                }
-            };
-            if chunk.is_empty() {
-                continue;
-            }
-            if let Some(h) = hasher.as_mut() {
-                h.update(&chunk);
-            }
-            n += chunk.len() as u64;
-            writer.put(chunk).await.map_err(|e| self.unavailable(e))?;
-        }
+        let n = self.pump(&mut body, hasher.as_mut(), &mut writer).await?;
         if n == 0 {
             writer.abort().await;
             return Ok(size);

@@ -162,14 +162,7 @@ impl MetadataStore {
         .await?;
         rows.iter()
             .map(|r| {
-                Ok((
-                    parse_repo(&r.try_get::<String, _>("repo")?)?,
-                    StoredManifest {
-                        digest: row_digest(r, "digest")?,
-                        media_type: r.try_get("media_type")?,
-                        content: r.try_get("content")?,
-                    },
-                ))
+                Ok((parse_repo(&r.try_get::<String, _>("repo")?)?, super::manifests::stored_manifest(r)?))
             })
             .collect()
     }

@@ -145,14 +145,7 @@ impl MetadataStore {
         .bind(tag.as_str())
         .fetch_optional(&self.read)
         .await?;
-        row.map(|r| {
-            Ok(StoredManifest {
-                digest: row_digest(&r, "digest")?,
-                media_type: r.try_get("media_type")?,
-                content: r.try_get("content")?,
-            })
-        })
-        .transpose()
+        row.map(|r| stored_manifest(&r)).transpose()
     }
 
     /// Like [`MetadataStore::get_tagged_manifest`], with when the tag was last checked against
@@ -172,17 +165,8 @@ impl MetadataStore {
         .bind(tag.as_str())
         .fetch_optional(&self.read)
         .await?;
-        row.map(|r| {
-            Ok((
-                StoredManifest {
-                    digest: row_digest(&r, "digest")?,
-                    media_type: r.try_get("media_type")?,
-                    content: r.try_get("content")?,
-                },
-                r.try_get::<Option<i64>, _>("upstream_checked_at")?,
-            ))
-        })
-        .transpose()
+        row.map(|r| Ok((stored_manifest(&r)?, r.try_get::<Option<i64>, _>("upstream_checked_at")?)))
+            .transpose()
     }
 
     /// Record that `tag` was compared with the upstream at `at` (unix seconds), if it still
@@ -364,4 +348,13 @@ async fn upsert_tag(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// A manifest from a row with `digest`, `media_type` and `content` columns.
+pub(super) fn stored_manifest(r: &AnyRow) -> Result<StoredManifest> {
+    Ok(StoredManifest {
+        digest: row_digest(r, "digest")?,
+        media_type: r.try_get("media_type")?,
+        content: r.try_get("content")?,
+    })
 }
