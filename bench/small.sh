@@ -10,15 +10,21 @@ set -euo pipefail
 . "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib.sh"
 bench_init "$@"
 WRK_SECONDS="${BENCH_WRK_SECONDS:-5}"
-need_tools docker-registry curl wrk openssl awk ss nginx
+need_tools docker-registry curl wrk ab openssl awk ss nginx
+AB_REQUESTS="${BENCH_AB_REQUESTS:-50000}"
+run_ab() { # url [-i] [accept] -> rps
+    timeout 120 ab -q -k -c 32 -n "$AB_REQUESTS" ${2:+"$2"} -H "Accept: ${3:-*/*}" "$1" 2>/dev/null \
+        | awk '/^Requests per second:/ { printf "%.0f", $4 }'
+}
 make_tmp wharf-small-bench
 build_wharf_if_missing
 
 head -c 584 /dev/urandom > "$TMP/small"
 DIGEST="$(file_digest "$TMP/small")"
-# (HEAD is left out: wrk's parser waits for a body after a HEAD response on a kept-alive
-# connection and counts nothing.)
-declare -A LAT1 RPS1 RPS32 TAG32 DIGEST32
+# HEAD goes through ab (-k -i): wrk's parser waits for a body after a HEAD response on a
+# kept-alive connection and counts nothing. ab is one thread, so GET is measured with it too:
+# HEAD and GET are compared with the same client.
+declare -A LAT1 RPS1 RPS32 TAG32 DIGEST32 AB_GET AB_HEAD AB_MHEAD
 make_small_image
 MANIFEST_DIGEST="$(file_digest "$TMP/img/manifest.json")"
 run_wrk() { # url threads conns [accept] -> "latency_ms rps"
@@ -32,6 +38,8 @@ measure_small() { # name url
     local out
     out="$(run_wrk "$2" 1 1)"; LAT1[$1]="${out% *}"; RPS1[$1]="${out#* }"
     out="$(run_wrk "$2" 2 32)"; RPS32[$1]="${out#* }"
+    AB_GET[$1]="$(run_ab "$2")"
+    AB_HEAD[$1]="$(run_ab "$2" -i)"
 }
 
 for kind in distribution wharf; do
@@ -48,6 +56,7 @@ for kind in distribution wharf; do
     log "[$kind] manifest GETs by tag and by digest..."
     TAG32[$kind]="$(run_wrk "http://$ADDR/v2/bench/manifests/v1" 2 32 "$MANIFEST_TYPE")"; TAG32[$kind]="${TAG32[$kind]#* }"
     DIGEST32[$kind]="$(run_wrk "http://$ADDR/v2/bench/manifests/$MANIFEST_DIGEST" 2 32 "$MANIFEST_TYPE")"; DIGEST32[$kind]="${DIGEST32[$kind]#* }"
+    AB_MHEAD[$kind]="$(run_ab "http://$ADDR/v2/bench/manifests/$MANIFEST_DIGEST" -i "$MANIFEST_TYPE")"
     stop_server "$kind"
 done
 
@@ -68,13 +77,16 @@ measure_small nginx "http://127.0.0.1:$port/small"
 cp "$TMP/img/manifest.json" "$d/www/manifest"
 TAG32[nginx]="$(run_wrk "http://127.0.0.1:$port/manifest" 2 32)"; TAG32[nginx]="${TAG32[nginx]#* }"
 DIGEST32[nginx]="${TAG32[nginx]}"
+AB_MHEAD[nginx]="$(run_ab "http://127.0.0.1:$port/manifest" -i)"
 stop_server nginx
 
 printf '\nSmall blob (584 B) on kept-alive connections, loopback, %s cores, %s\n\n' "$(nproc)" "$(date -u +%Y-%m-%dT%H:%MZ)"
 printf '%-40s%14s%14s%14s\n' metric distribution wharf nginx
 for pair in "GET, 1 connection, mean latency (ms):LAT1" "GET, 1 connection (req/s):RPS1" \
             "GET, 32 connections (req/s):RPS32" "manifest GET by tag, 32 conns (req/s):TAG32" \
-            "manifest GET by digest, 32 conns (req/s):DIGEST32"; do
+            "manifest GET by digest, 32 conns (req/s):DIGEST32" \
+            "ab: blob GET, 32 conns (req/s):AB_GET" "ab: blob HEAD, 32 conns (req/s):AB_HEAD" \
+            "ab: manifest HEAD by digest (req/s):AB_MHEAD"; do
     label="${pair%%:*}"; arr="${pair##*:}"
     eval "printf '%-40s%14s%14s%14s\n' \"\$label\" \"\${$arr[distribution]}\" \"\${$arr[wharf]}\" \"\${$arr[nginx]}\""
 done

@@ -6,14 +6,25 @@ use std::time::SystemTime;
 
 use wharf_oci::Digest;
 
+use futures_util::TryStreamExt;
+
 use crate::s3::{S3Config, S3Store};
+use crate::small::{SMALL_BLOB, SmallBlobs, read_bytes};
 use crate::store::FsStore;
 use crate::{BlobAge, BlobRead, BodyStream, StorageError};
 
 /// Content-addressed blobs and resumable upload sessions. Cheap to clone; clones share state.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct BlobStore {
     backend: Backend,
+    /// Small blobs served from memory once read (`small.rs`).
+    small: Arc<SmallBlobs>,
+}
+
+impl std::fmt::Debug for BlobStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobStore").field("backend", &self.backend).finish_non_exhaustive()
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -35,13 +46,17 @@ macro_rules! each {
 impl BlobStore {
     /// Opens (creating if needed) a filesystem store rooted at `root`.
     pub async fn open(root: impl Into<PathBuf>) -> Result<Self, StorageError> {
-        Ok(BlobStore { backend: Backend::Fs(FsStore::open(root).await?) })
+        Ok(BlobStore::with(Backend::Fs(FsStore::open(root).await?)))
     }
 
     /// Connects to an S3-compatible bucket; fails (naming endpoint and bucket) when it is
     /// unreachable, missing, or the credentials are refused.
     pub async fn open_s3(config: S3Config) -> Result<Self, StorageError> {
-        Ok(BlobStore { backend: Backend::S3(Arc::new(S3Store::open(config).await?)) })
+        Ok(BlobStore::with(Backend::S3(Arc::new(S3Store::open(config).await?))))
+    }
+
+    fn with(backend: Backend) -> Self {
+        BlobStore { backend, small: Arc::default() }
     }
 
     /// Where the blobs are, for logs and errors.
@@ -94,7 +109,28 @@ impl BlobStore {
         d: &Digest,
         range: Option<(u64, u64)>,
     ) -> Result<Option<BlobRead>, StorageError> {
-        each!(self.read(d, range))
+        if let Some(content) = self.small.get(d) {
+            return Ok(Some(read_bytes(content, range)));
+        }
+        let Some(read) = each!(self.read(d, range))? else { return Ok(None) };
+        if read.size > SMALL_BLOB || read.start != 0 || read.len != read.size {
+            return Ok(Some(read));
+        }
+        // A whole small blob: keep it for the next read (a second read of a small blob is
+        // the common case: every pull of an image reads its config).
+        let mut chunks: Vec<bytes::Bytes> = read.body.try_collect().await?;
+        let content = match chunks.len() {
+            1 => chunks.swap_remove(0),
+            _ => bytes::Bytes::from(chunks.concat()),
+        };
+        if content.len() as u64 != read.size {
+            return Err(StorageError::Io(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("blob {d} holds {} bytes, not {}", content.len(), read.size),
+            )));
+        }
+        self.small.insert(d, content.clone());
+        Ok(Some(read_bytes(content, None)))
     }
 
     /// Whether blob GETs are answered with a redirect to the object store.
@@ -113,6 +149,7 @@ impl BlobStore {
 
     /// Removes a blob. `Ok(false)` if it was not there.
     pub async fn delete(&self, d: &Digest) -> Result<bool, StorageError> {
+        self.small.remove(d);
         each!(self.delete(d))
     }
 
@@ -170,6 +207,7 @@ impl BlobStore {
     /// Moves a blob to garbage collection's trash; `None` if absent. It stays restorable
     /// until [`purge`](Self::purge).
     pub async fn trash(&self, d: &Digest) -> Result<Option<BlobAge>, StorageError> {
+        self.small.remove(d);
         each!(self.trash(d))
     }
 

@@ -18,6 +18,7 @@ mod blob_store;
 mod fs;
 mod read;
 mod s3;
+mod small;
 mod spool;
 mod store;
 mod trash;

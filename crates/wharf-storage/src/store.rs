@@ -3,19 +3,27 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::fs::{File as StdFile, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex as SyncMutex};
 
+use bytes::Bytes;
 use tokio::sync::Mutex;
 use uuid::Uuid;
 use wharf_oci::{Algorithm, Digest};
 
 use crate::fs::{blocking, read_dir_if_exists, sweep_tmp, touch_file};
 use crate::read::read_ahead;
+use crate::small::{SMALL_BLOB, read_bytes};
 use crate::spool::{Cleanup, Spool, pump};
 use crate::upload::Session;
 use crate::{BlobRead, BodyStream, StorageError};
+
+/// A blob opened for reading: small ones come back whole.
+enum Opened {
+    Whole(Bytes),
+    File(StdFile, u64),
+}
 
 /// Filesystem blob store. Cheap to clone; clones share upload-session state.
 #[derive(Clone)]
@@ -109,15 +117,25 @@ impl FsStore {
     ) -> Result<Option<BlobRead>, StorageError> {
         let path = self.inner.blob_path(d);
         let opened = blocking(move || match StdFile::open(path) {
-            Ok(f) => {
+            Ok(mut f) => {
                 let size = f.metadata()?.len();
-                Ok(Some((f, size)))
+                // A whole small blob is read in this same trip to the blocking pool.
+                if range.is_none() && size <= SMALL_BLOB {
+                    let mut content = Vec::with_capacity(size as usize);
+                    (&mut f).take(size).read_to_end(&mut content)?;
+                    return Ok(Some(Opened::Whole(Bytes::from(content))));
+                }
+                Ok(Some(Opened::File(f, size)))
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e.into()),
         })
         .await?;
-        let Some((file, size)) = opened else { return Ok(None) };
+        let (file, size) = match opened {
+            None => return Ok(None),
+            Some(Opened::Whole(content)) => return Ok(Some(read_bytes(content, None))),
+            Some(Opened::File(file, size)) => (file, size),
+        };
         let (start, len) = match range {
             None => (0, size),
             Some((first, last)) => {
