@@ -191,6 +191,24 @@ impl Directory {
         &self.config
     }
 
+    /// Connect and bind as the search account, within the timeout: what the server checks
+    /// at start to report a directory it cannot use (logins are still tried later).
+    pub async fn check(&self) -> Result<(), DirectoryError> {
+        let attempt = async {
+            let (conn, mut ldap) = LdapConnAsync::with_settings(self.settings.clone(), &self.config.url)
+                .await
+                .map_err(|e| self.failed("cannot connect", e))?;
+            ldap3::drive!(conn);
+            let result = self.bind_search_account(&mut ldap).await;
+            let _ = ldap.unbind().await;
+            result
+        };
+        let timeout = self.config.timeout;
+        tokio::time::timeout(timeout, attempt)
+            .await
+            .unwrap_or_else(|_| Err(DirectoryError::Timeout { url: self.config.url.clone(), timeout }))
+    }
+
     /// Check `user`'s password with the directory. `Ok(None)`: no such user, several entries
     /// for the name, or a wrong (or empty) password.
     pub async fn login(&self, user: &str, password: &str) -> Result<Option<DirectoryUser>, DirectoryError> {
@@ -255,6 +273,7 @@ impl Directory {
             .search(&c.user_base, Scope::Subtree, &filter, vec!["1.1"])
             .await
             .map_err(|e| self.failed("user search", e))?;
+        let entries = only_entries(entries);
         const SIZE_LIMIT_EXCEEDED: u32 = 4;
         if res.rc == SIZE_LIMIT_EXCEEDED || entries.len() > 1 {
             tracing::warn!(user, filter = %filter, "several directory entries match this user name: login refused");
@@ -283,7 +302,7 @@ impl Directory {
                     .await
                     .and_then(|r| r.success())
                     .map_err(|e| self.failed(&format!("group search under {base:?}"), e))?;
-                let mut groups: Vec<String> = entries
+                let mut groups: Vec<String> = only_entries(entries)
                     .into_iter()
                     .filter_map(|e| {
                         let e = SearchEntry::construct(e);
@@ -299,6 +318,12 @@ impl Directory {
         };
         Ok(Some(DirectoryUser { dn, groups }))
     }
+}
+
+/// Search results without referrals and intermediate messages (Active Directory sends
+/// referrals to its other partitions), which are not entries.
+fn only_entries(results: Vec<ldap3::ResultEntry>) -> Vec<ldap3::ResultEntry> {
+    results.into_iter().filter(|e| !e.is_ref() && !e.is_intermediate()).collect()
 }
 
 /// `template` with `{username}` and `{dn}` replaced by their RFC 4515 escapes, in one pass

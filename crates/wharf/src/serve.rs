@@ -71,6 +71,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let blob_store = blobs.describe();
     let registry = Registry::new(blobs, meta, config);
     log_auth(auth.as_ref(), tls.is_some());
+    if let Some(d) = auth.as_ref().and_then(|a| a.directory()) {
+        match d.check().await {
+            Ok(()) => {
+                tracing::info!(url = %d.config().url, "LDAP directory reachable, search account accepted")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "LDAP directory not usable now: its users get 503 until it is")
+            }
+        }
+    }
 
     let expiry = Duration::from_secs(3600 * file.upload_expiry_hours.unwrap_or(24));
     tokio::spawn(expire_uploads(registry.clone(), expiry));

@@ -259,6 +259,10 @@ fn ldaps_and_starttls_verify_the_directory() {
         assert_eq!(code, want, "{section}\n{body}\n{}", server.log());
         if want == "200" {
             assert_eq!(status(&url, "alice", "wrong").0, "401", "{section}");
+        } else {
+            // Said at start, before any login.
+            let log = server.log();
+            assert!(log.contains("LDAP directory not usable now"), "{log}");
         }
     }
 }
