@@ -168,6 +168,8 @@ pub struct LdapFile {
     /// The search account [default: anonymous search].
     pub bind_dn: Option<String>,
     pub bind_password: Option<String>,
+    /// A file holding the password instead (its first line), to keep it out of this file.
+    pub bind_password_file: Option<PathBuf>,
     pub user_base: String,
     /// [default: "(uid={username})"]; Active Directory: "(sAMAccountName={username})".
     pub user_filter: Option<String>,
@@ -189,6 +191,7 @@ impl std::fmt::Debug for LdapFile {
             .field("ca_file", &self.ca_file)
             .field("bind_dn", &self.bind_dn)
             .field("bind_password", &self.bind_password.as_ref().map(|_| "<redacted>"))
+            .field("bind_password_file", &self.bind_password_file)
             .field("user_base", &self.user_base)
             .field("user_filter", &self.user_filter)
             .field("group_base", &self.group_base)
@@ -433,7 +436,17 @@ fn ldap_directory(l: &LdapFile) -> anyhow::Result<wharf_auth::Directory> {
     c.starttls = l.starttls;
     c.ca_file = l.ca_file.clone();
     c.bind_dn = l.bind_dn.clone().unwrap_or_default();
-    c.bind_password = l.bind_password.clone().unwrap_or_default();
+    c.bind_password = match (&l.bind_password, &l.bind_password_file) {
+        (Some(_), Some(_)) => bail!("auth.ldap: set bind_password or bind_password_file, not both"),
+        (Some(p), None) => p.clone(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading auth.ldap.bind_password_file {}", path.display()))?
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
+        (None, None) => String::new(),
+    };
     if let Some(f) = &l.user_filter {
         c.user_filter = f.clone();
     }
@@ -660,6 +673,17 @@ mod tests {
         };
         assert!(bad("url = \"ldap://x\"\ntimeout = \"soon\"").contains("auth.ldap.timeout"));
         assert!(bad("url = \"x.example.org\"").contains("auth.ldap.url"));
+        let e = bad("url = \"ldap://x\"\nbind_dn = \"cn=a\"\nbind_password_file = \"/nonexistent/pw\"");
+        assert!(e.contains("/nonexistent/pw"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "from-file\n").unwrap();
+        let text = format!(
+            "[auth.ldap]\nurl = \"ldap://x\"\nuser_base = \"dc=x\"\nbind_dn = \"cn=a\"\nbind_password_file = \"{}\"",
+            pw.display()
+        );
+        let auth = authority(&toml::from_str(&text).unwrap()).unwrap().unwrap();
+        assert_eq!(auth.directory().unwrap().config().bind_password, "from-file");
         let e = bad("url = \"ldap://x\"\nuser_filter = \"(uid=x)\"");
         assert!(e.contains("{username}"), "{e}");
         assert!(
