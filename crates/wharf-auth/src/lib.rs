@@ -6,15 +6,18 @@
 //!   may `pull`, `push` and `delete`; the first matching pattern decides, no match = no access;
 //! - [`Scope`]: Docker token scopes (`repository:NAME:pull,push`, `registry:catalog:*`);
 //! - the built-in token issuer: HS256 JWTs carrying the granted scopes ([`token`]);
+//! - [`Directory`]: users and groups from an LDAP directory (`[auth.ldap]`), beside or
+//!   instead of the htpasswd file;
 //! - [`Authority`]: all of it together, as the server uses it.
 
 mod htpasswd;
+mod ldap;
 mod rules;
 mod scope;
 pub mod token;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -23,6 +26,7 @@ use sha2::Sha256;
 use wharf_oci::RepoName;
 
 pub use htpasswd::{Htpasswd, HtpasswdError};
+pub use ldap::{Directory, DirectoryError, DirectoryUser, LdapConfig, LdapConfigError};
 pub use rules::{Action, Actions, Identity, Principal, Rule, Rules};
 pub use scope::{Scope, ScopeError};
 pub use token::{Claims, TokenError, TokenKey};
@@ -108,6 +112,8 @@ pub struct Authority {
     cache: LoginCache,
     /// The password of [`INTERNAL_USER`], once [`Authority::internal_credentials`] made it.
     internal: Option<String>,
+    /// `[auth.ldap]`: users who are not in the htpasswd file.
+    directory: Option<Directory>,
 }
 
 impl Authority {
@@ -118,7 +124,18 @@ impl Authority {
             token: config.token,
             cache: LoginCache::new(),
             internal: None,
+            directory: None,
         }
+    }
+
+    /// Also log in the users of an LDAP directory (those not in the htpasswd file).
+    pub fn with_directory(mut self, directory: Directory) -> Authority {
+        self.directory = Some(directory);
+        self
+    }
+
+    pub fn directory(&self) -> Option<&Directory> {
+        self.directory.as_ref()
     }
 
     /// User name and a random password (256 bits, made now, kept in memory only) with which
@@ -147,7 +164,8 @@ impl Authority {
         }
         let mut seen = std::collections::HashSet::new();
         for (i, user) in self.rules.named_users() {
-            let known = self.htpasswd.as_ref().is_some_and(|h| h.contains(user));
+            // Directory users are only known at login.
+            let known = self.directory.is_some() || self.htpasswd.as_ref().is_some_and(|h| h.contains(user));
             if !known && seen.insert(user) {
                 let pattern = self.rules.as_slice()[i].pattern.as_str();
                 out.push(format!(
@@ -156,8 +174,17 @@ impl Authority {
                 ));
             }
         }
-        if self.htpasswd.is_none() && self.rules.mentions_users() {
+        if self.htpasswd.is_none() && self.directory.is_none() && self.rules.mentions_users() {
             out.push("[auth] rules admit users but no htpasswd file is configured: nobody can log in".into());
+        }
+        let groups = self.directory.as_ref().is_some_and(|d| d.config().group_base.is_some());
+        if let Some((i, group)) = self.rules.named_groups().next().filter(|_| !groups) {
+            let pattern = self.rules.as_slice()[i].pattern.as_str();
+            out.push(format!(
+                "auth rule {} (pattern {pattern:?}) names group {group:?}, but no [auth.ldap] group_base is \
+                 configured: nobody is in any group",
+                i + 1
+            ));
         }
         out
     }
@@ -179,7 +206,7 @@ impl Authority {
         if self.is_internal(user, password) {
             return Some(Identity::Internal);
         }
-        self.cache.get(user, password).map(Identity::User)
+        self.cache.get(user, password)
     }
 
     /// Check a user's password (one bcrypt computation: call it off the async executor).
@@ -190,11 +217,36 @@ impl Authority {
         }
         let htpasswd = self.htpasswd.as_ref()?;
         if htpasswd.verify(user, password) {
-            self.cache.put(user, password);
-            Some(Identity::User(user.to_owned()))
+            let id = Identity::User(user.to_owned());
+            self.cache.put(user, password, &id);
+            Some(id)
         } else {
             None
         }
+    }
+
+    /// Check a password where the user lives: a user of the htpasswd file (or any user when
+    /// no directory is configured) by [`login`](Self::login) on the blocking pool; others
+    /// by the LDAP directory, as [`Identity::Member`] with their groups. `Ok(None)`: unknown
+    /// user or wrong password; `Err`: the directory could not say (down, slow, misconfigured).
+    /// Successes are cached like htpasswd logins; failures never are.
+    pub async fn authenticate(
+        self: &Arc<Self>,
+        user: String,
+        password: String,
+    ) -> Result<Option<Identity>, DirectoryError> {
+        if let Some(id) = self.cached_login(&user, &password) {
+            return Ok(Some(id));
+        }
+        let in_file = self.htpasswd.as_ref().is_some_and(|h| h.contains(&user));
+        let Some(directory) = self.directory.as_ref().filter(|_| !in_file && user != INTERNAL_USER) else {
+            let a = self.clone();
+            return Ok(tokio::task::spawn_blocking(move || a.login(&user, &password)).await.ok().flatten());
+        };
+        let Some(found) = directory.login(&user, &password).await? else { return Ok(None) };
+        let id = Identity::Member { user: user.clone(), groups: found.groups };
+        self.cache.put(&user, &password, &id);
+        Ok(Some(id))
     }
 
     /// What `id` may do on `repo`, by the rules.
@@ -328,10 +380,10 @@ pub fn rfc3339(secs: u64) -> String {
 }
 
 /// Recent successful logins, keyed by an HMAC (with a per-process random key) of user and
-/// password: neither is stored.
+/// password: neither is stored. A changed password stops working when its entry expires.
 struct LoginCache {
     key: [u8; 32],
-    entries: Mutex<HashMap<[u8; 32], (String, Instant)>>,
+    entries: Mutex<HashMap<[u8; 32], (Identity, Instant)>>,
 }
 
 impl std::fmt::Debug for LoginCache {
@@ -355,16 +407,16 @@ impl LoginCache {
         mac.finalize().into_bytes().into()
     }
 
-    fn get(&self, user: &str, password: &str) -> Option<String> {
+    fn get(&self, user: &str, password: &str) -> Option<Identity> {
         let fp = self.fingerprint(user, password);
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         match entries.get(&fp) {
-            Some((u, at)) if at.elapsed() < LOGIN_CACHE_TTL && u == user => Some(u.clone()),
+            Some((id, at)) if at.elapsed() < LOGIN_CACHE_TTL && id.user() == Some(user) => Some(id.clone()),
             _ => None,
         }
     }
 
-    fn put(&self, user: &str, password: &str) {
+    fn put(&self, user: &str, password: &str, id: &Identity) {
         let fp = self.fingerprint(user, password);
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if entries.len() >= LOGIN_CACHE_MAX {
@@ -373,7 +425,7 @@ impl LoginCache {
                 entries.clear();
             }
         }
-        entries.insert(fp, (user.to_owned(), Instant::now()));
+        entries.insert(fp, (id.clone(), Instant::now()));
     }
 }
 
@@ -425,6 +477,24 @@ mod tests {
         assert_eq!(no_users.login("ci", "pw"), None);
         assert!(!no_users.warnings().is_empty());
         assert!(a.warnings().is_empty(), "{:?}", a.warnings());
+    }
+
+    #[tokio::test]
+    async fn htpasswd_users_are_checked_first_and_others_by_the_directory() {
+        // Nothing listens on port 9: a login that reaches the directory is an error.
+        let config = LdapConfig::new("ldap://127.0.0.1:9", "ou=people,dc=example,dc=org");
+        let a = Arc::new(authority(false).with_directory(Directory::new(config).unwrap()));
+        let login = |u: &str, p: &str| a.authenticate(u.into(), p.into());
+        assert_eq!(login("ci", "pw").await.unwrap(), Some(Identity::User("ci".into())));
+        // A user of the file with a wrong password is refused by the file alone.
+        assert_eq!(login("ci", "wrong").await.unwrap(), None);
+        assert!(matches!(login("alice", "pw").await, Err(DirectoryError::Failed { .. })));
+        // Cached directory logins keep their groups, and only for the password that worked.
+        let alice = Identity::Member { user: "alice".into(), groups: vec!["platform".into()] };
+        a.cache.put("alice", "pw", &alice);
+        assert_eq!(login("alice", "pw").await.unwrap(), Some(alice));
+        assert!(login("alice", "other").await.is_err());
+        assert_eq!(a.cached_login("bob", "pw"), None);
     }
 
     #[test]

@@ -85,6 +85,11 @@ impl FromIterator<Action> for Actions {
 pub enum Identity {
     Anonymous,
     User(String),
+    /// A user of the LDAP directory, with the groups it listed at login (for `group:NAME`).
+    Member {
+        user: String,
+        groups: Vec<String>,
+    },
     /// Wharf itself: a mirror run pushing into its own registry over loopback, with a secret
     /// made at start that never leaves the process ([`crate::Authority::internal_credentials`]).
     Internal,
@@ -98,7 +103,16 @@ impl Identity {
     pub fn user(&self) -> Option<&str> {
         match self {
             Identity::Anonymous | Identity::Internal => None,
-            Identity::User(u) => Some(u),
+            Identity::User(u) | Identity::Member { user: u, .. } => Some(u),
+        }
+    }
+
+    /// Is this a directory user in `group`? Compared case-insensitively (ASCII), as LDAP
+    /// compares `cn`.
+    pub fn in_group(&self, group: &str) -> bool {
+        match self {
+            Identity::Member { groups, .. } => groups.iter().any(|g| g.eq_ignore_ascii_case(group)),
+            _ => false,
         }
     }
 }
@@ -107,7 +121,7 @@ impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Identity::Anonymous => f.write_str("anonymous"),
-            Identity::User(u) => write!(f, "user {u:?}"),
+            Identity::User(u) | Identity::Member { user: u, .. } => write!(f, "user {u:?}"),
             Identity::Internal => f.write_str("wharf's own mirror runs"),
         }
     }
@@ -120,8 +134,10 @@ pub enum Principal {
     Anyone,
     /// `"authenticated"`: any user with a valid password or token.
     Authenticated,
-    /// A user name from the htpasswd file.
+    /// A user name from the htpasswd file or the directory.
     User(String),
+    /// `"group:NAME"`: the members of a directory group (`[auth.ldap]`).
+    Group(String),
 }
 
 impl Principal {
@@ -130,6 +146,11 @@ impl Principal {
             "*" => Ok(Principal::Anyone),
             "authenticated" => Ok(Principal::Authenticated),
             "" => Err("an empty user name".into()),
+            // Directory group names may hold spaces ("Domain Users"), not only blanks.
+            g if g.starts_with("group:") => match g["group:".len()..].trim() {
+                "" => Err(format!("{g:?} names no group (write \"group:NAME\")")),
+                name => Ok(Principal::Group(name.to_owned())),
+            },
             u if u.contains(':') || u.chars().any(char::is_whitespace) => {
                 Err(format!("{u:?} is not a user name (no ':' or spaces)"))
             }
@@ -140,8 +161,9 @@ impl Principal {
     pub fn admits(&self, id: &Identity) -> bool {
         match (self, id) {
             (Principal::Anyone, _) => true,
-            (Principal::Authenticated, Identity::User(_)) => true,
-            (Principal::User(want), Identity::User(got)) => want == got,
+            (Principal::Authenticated, Identity::User(_) | Identity::Member { .. }) => true,
+            (Principal::User(want), Identity::User(got) | Identity::Member { user: got, .. }) => want == got,
+            (Principal::Group(g), id) => id.in_group(g),
             _ => false,
         }
     }
@@ -213,6 +235,16 @@ impl Rules {
         self.0.iter().enumerate().flat_map(|(i, r)| {
             r.principals().filter_map(move |p| match p {
                 Principal::User(u) => Some((i, u.as_str())),
+                _ => None,
+            })
+        })
+    }
+
+    /// Groups the rules mention (`group:NAME`).
+    pub fn named_groups(&self) -> impl Iterator<Item = (usize, &str)> {
+        self.0.iter().enumerate().flat_map(|(i, r)| {
+            r.principals().filter_map(move |p| match p {
+                Principal::Group(g) => Some((i, g.as_str())),
                 _ => None,
             })
         })
@@ -305,5 +337,39 @@ mod tests {
         assert_eq!(s.iter().collect::<Vec<_>>(), [Action::Pull, Action::Delete]);
         assert_eq!(Action::parse("push"), Some(Action::Push));
         assert_eq!(Action::parse("*"), None);
+    }
+
+    #[test]
+    fn group_rules_admit_directory_members() {
+        let member =
+            |user: &str, groups: &[&str]| Identity::Member { user: user.into(), groups: strings(groups) };
+        let r = Rules::new(vec![
+            Rule::new("platform/**", &strings(&["authenticated"]), &strings(&["group:platform"]), &[])
+                .unwrap(),
+            Rule::new("team/**", &strings(&["group:Domain Users", "carol"]), &[], &strings(&["group:ops"]))
+                .unwrap(),
+        ]);
+        let alice = member("alice", &["Platform", "dev"]);
+        let bob = member("bob", &["dev"]);
+        let pull_push: Actions = [Action::Pull, Action::Push].into_iter().collect();
+        assert_eq!(r.actions_for(&alice, &repo("platform/app")), pull_push);
+        assert_eq!(r.actions_for(&bob, &repo("platform/app")), [Action::Pull].into_iter().collect());
+        // An htpasswd user of the same name is in no group.
+        assert_eq!(
+            r.actions_for(&user("alice"), &repo("platform/app")),
+            [Action::Pull].into_iter().collect()
+        );
+        // Group names may hold spaces; user names match directory users too.
+        assert!(r.actions_for(&member("dan", &["domain users"]), &repo("team/x")).contains(Action::Pull));
+        assert!(r.actions_for(&member("carol", &[]), &repo("team/x")).contains(Action::Pull));
+        assert_eq!(r.actions_for(&bob, &repo("team/x")), Actions::NONE);
+        assert_eq!(r.actions_for(&Identity::Anonymous, &repo("platform/app")), Actions::NONE);
+        let groups: Vec<&str> = r.named_groups().map(|(_, g)| g).collect();
+        assert_eq!(groups, ["platform", "Domain Users", "ops"]);
+        assert!(Principal::parse("group:").is_err());
+        assert!(Principal::parse("group: ").is_err());
+        assert_eq!(Principal::parse("group:ops").unwrap(), Principal::Group("ops".into()));
+        assert_eq!(alice.user(), Some("alice"));
+        assert_eq!(alice.to_string(), "user \"alice\"");
     }
 }

@@ -17,7 +17,8 @@
 //! the mount is not attempted and the client gets an upload session instead, as the spec
 //! allows. Refusals: 401 with a `WWW-Authenticate` challenge when credentials are missing or
 //! wrong (or a token lacks a scope the rules would grant), 403 `DENIED` when a user who
-//! proved who they are is not allowed. `/healthz` and `/metrics` are not behind auth.
+//! proved who they are is not allowed, 503 `UNAVAILABLE` when the LDAP directory cannot
+//! check a password (down or slow). `/healthz` and `/metrics` are not behind auth.
 //!
 //! `/v2/` answers 401 to a request without credentials even when some repositories are
 //! public: clients (containers/image, docker) learn the auth scheme from that answer only,
@@ -29,7 +30,7 @@ use std::sync::Arc;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use wharf_auth::{Action, Authority, Claims, Identity, Scope};
+use wharf_auth::{Action, Authority, Claims, DirectoryError, Identity, Scope};
 use wharf_oci::{ErrorCode, RepoName, Route};
 use wharf_registry::Registry;
 
@@ -42,8 +43,8 @@ const BASIC_REALM: &str = "wharf";
 #[derive(Debug, Clone)]
 enum Caller {
     Anonymous,
-    /// Basic auth with a correct password.
-    User(String),
+    /// Basic auth with a correct password: [`Identity::User`] or [`Identity::Member`].
+    User(Identity),
     /// A valid bearer token of this server.
     Token(Box<Claims>),
     /// This process itself (a mirror run pushing over loopback).
@@ -54,7 +55,7 @@ impl Caller {
     fn identity(&self) -> Identity {
         match self {
             Caller::Anonymous => Identity::Anonymous,
-            Caller::User(u) => Identity::User(u.clone()),
+            Caller::User(id) => id.clone(),
             Caller::Token(c) => c.identity(),
             Caller::Internal => Identity::Internal,
         }
@@ -111,40 +112,61 @@ fn presented(headers: &HeaderMap) -> Presented {
     }
 }
 
-/// Check a password: from the cache of recent successes, else bcrypt off the executor.
-/// Failures are logged with the user name only.
-async fn login(auth: &Arc<Authority>, user: String, password: String) -> Option<Identity> {
-    if let Some(id) = auth.cached_login(&user, &password) {
-        return Some(id);
-    }
-    let a = auth.clone();
+/// Check a password: from the cache of recent successes, else bcrypt off the executor or
+/// the LDAP directory. Failures are logged with the user name only.
+async fn login(
+    auth: &Arc<Authority>,
+    user: String,
+    password: String,
+) -> Result<Option<Identity>, DirectoryError> {
     let name = user.clone();
-    let id = tokio::task::spawn_blocking(move || a.login(&user, &password)).await.ok().flatten();
-    if id.is_none() {
-        tracing::info!(user = %name, "failed login: unknown user or wrong password");
+    let id = auth.authenticate(user, password).await;
+    match &id {
+        Ok(None) => tracing::info!(user = %name, "failed login: unknown user or wrong password"),
+        Err(e) => {
+            tracing::warn!(user = %name, error = %e, "login not checked: LDAP directory unavailable (503)")
+        }
+        Ok(Some(_)) => {}
     }
     id
 }
 
-async fn authenticate(auth: &Arc<Authority>, headers: &HeaderMap) -> Result<Caller, String> {
+/// Why a request's credentials were not accepted.
+enum Refusal {
+    /// Missing, wrong or unusable credentials: 401.
+    Credentials(String),
+    /// The directory could not check them: 503.
+    Unavailable(DirectoryError),
+}
+
+impl From<String> for Refusal {
+    fn from(why: String) -> Refusal {
+        Refusal::Credentials(why)
+    }
+}
+
+async fn authenticate(auth: &Arc<Authority>, headers: &HeaderMap) -> Result<Caller, Refusal> {
     match presented(headers) {
         Presented::Nothing => Ok(Caller::Anonymous),
         Presented::Basic(user, password) => match login(auth, user, password).await {
-            Some(Identity::User(u)) => Ok(Caller::User(u)),
-            Some(Identity::Anonymous) => Ok(Caller::Anonymous),
-            Some(Identity::Internal) => Ok(Caller::Internal),
-            None => Err("invalid user name or password".into()),
+            Ok(Some(id @ (Identity::User(_) | Identity::Member { .. }))) => Ok(Caller::User(id)),
+            Ok(Some(Identity::Anonymous)) => Ok(Caller::Anonymous),
+            Ok(Some(Identity::Internal)) => Ok(Caller::Internal),
+            Ok(None) => Err(Refusal::Credentials("invalid user name or password".into())),
+            Err(e) => Err(Refusal::Unavailable(e)),
         },
         Presented::Bearer(token) => {
             if auth.token_settings().is_none() {
-                return Err("this registry takes basic auth, not bearer tokens".into());
+                return Err("this registry takes basic auth, not bearer tokens".to_owned().into());
             }
             auth.verify_token(&token).map(|c| Caller::Token(Box::new(c))).map_err(|e| {
                 tracing::debug!(error = %e, "bearer token refused");
-                format!("{e}; get a new one from the token endpoint")
+                Refusal::Credentials(format!("{e}; get a new one from the token endpoint"))
             })
         }
-        Presented::Invalid => Err("the Authorization header is neither valid Basic nor Bearer".into()),
+        Presented::Invalid => {
+            Err("the Authorization header is neither valid Basic nor Bearer".to_owned().into())
+        }
     }
 }
 
@@ -255,7 +277,8 @@ pub(crate) async fn authorize(state: &AppState, route: &Route, req: &mut Request
     let headers = req.headers();
     let caller = match authenticate(auth, headers).await {
         Ok(c) => c,
-        Err(why) => {
+        Err(Refusal::Unavailable(e)) => return Err(ApiError::from(e).into_response()),
+        Err(Refusal::Credentials(why)) => {
             let scope = route.repo().map(|r| challenge_scope(r, needed_action(route, req.method())));
             return Err(unauthorized(auth, headers, scope.as_deref(), false, why));
         }
@@ -430,8 +453,9 @@ pub(crate) async fn token_endpoint(State(state): State<AppState>, req: Request) 
     let identity = match presented(req.headers()) {
         Presented::Nothing => Identity::Anonymous,
         Presented::Basic(user, password) => match login(auth, user, password).await {
-            Some(id) => id,
-            None => return token_unauthorized("invalid user name or password"),
+            Ok(Some(id)) => id,
+            Ok(None) => return token_unauthorized("invalid user name or password"),
+            Err(e) => return ApiError::from(e).into_response(),
         },
         Presented::Bearer(_) | Presented::Invalid => {
             return token_unauthorized(

@@ -47,6 +47,20 @@ impl ApiError {
     }
 }
 
+/// The LDAP directory could not check a password (down, slower than its timeout, refusing
+/// the search account): 503, so that clients retry instead of asking for another password.
+impl From<wharf_auth::DirectoryError> for ApiError {
+    fn from(e: wharf_auth::DirectoryError) -> ApiError {
+        let mut err = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            format!("cannot check the password now: {e}; retry later"),
+        );
+        err.retry_after = Some(RETRY_AFTER_SECS);
+        err
+    }
+}
+
 impl From<RegistryError> for ApiError {
     fn from(e: RegistryError) -> ApiError {
         use RegistryError as E;

@@ -10,6 +10,8 @@
 //! - [`RegistryClient`]: a plain-HTTP pusher (monolithic POST+PUT uploads, manifests by digest
 //!   then the index by tag) built on `reqwest`;
 //! - [`Podman`], [`skopeo`], [`run_ok`]: the real clients with the flags they need here;
+//! - [`Slapd`]: a real OpenLDAP server with its own config and a small directory (users,
+//!   groups, a search account), optionally with ldaps:// and StartTLS;
 //! - [`sign`]: cosign-style signatures (simple-signing payload, ECDSA P-256) and SBOM artifacts.
 //!
 //! This crate is a dev-dependency only; its functions panic on environment failures (a missing
@@ -21,6 +23,7 @@ mod image;
 mod nginx;
 mod push;
 pub mod sign;
+mod slapd;
 mod token;
 mod tools;
 #[cfg(feature = "wharf")]
@@ -39,6 +42,7 @@ pub use image::{
 };
 pub use nginx::Nginx;
 pub use push::{ACCEPT_ALL_MANIFESTS, PushError, RegistryClient};
+pub use slapd::{LDAP_BASE, LDAP_BIND_DN, LDAP_BIND_PASSWORD, LDAP_GROUPS, LDAP_PEOPLE, Slapd, SlapdBuilder};
 pub use token::{TOKEN_ISSUER, TOKEN_SERVICE, TokenIssuer};
 pub use tools::{Podman, run_fails, run_ok, run_output, skopeo, skopeo_inspect_raw};
 
@@ -85,6 +89,7 @@ fn debian_package(tool: &str) -> &str {
         "htpasswd" => "apache2-utils",
         "openssl" => "openssl",
         "nginx" => "nginx-light",
+        "slapd" | "slapadd" => "slapd",
         other => other,
     }
 }

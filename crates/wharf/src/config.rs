@@ -6,7 +6,7 @@ use anyhow::{Context, anyhow, bail};
 use wharf_oci::Platform;
 use wharf_registry::{IndexPolicy, IndexRule, RegistryConfig, RepoPattern};
 use wharf_server::TlsConfig;
-use wharf_server::wharf_auth::{self, AuthConfig, Htpasswd, TokenKey, TokenSettings};
+use wharf_server::wharf_auth::{self, AuthConfig, Authority, Htpasswd, TokenKey, TokenSettings};
 
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -150,6 +150,56 @@ pub struct AuthFile {
     /// First matching pattern wins; no match = no access.
     #[serde(default)]
     pub rules: Vec<AuthRuleFile>,
+    /// Users and groups from an LDAP directory, beside (after) or instead of htpasswd.
+    pub ldap: Option<LdapFile>,
+}
+
+/// `[auth.ldap]`: see `wharf_auth::LdapConfig`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LdapFile {
+    /// `ldap://HOST[:PORT]` or `ldaps://HOST[:PORT]`.
+    pub url: String,
+    /// Upgrade `ldap://` with StartTLS [default: false].
+    #[serde(default)]
+    pub starttls: bool,
+    /// PEM CA certificates for ldaps/StartTLS [default: the system's roots].
+    pub ca_file: Option<PathBuf>,
+    /// The search account [default: anonymous search].
+    pub bind_dn: Option<String>,
+    pub bind_password: Option<String>,
+    /// A file holding the password instead (its first line), to keep it out of this file.
+    pub bind_password_file: Option<PathBuf>,
+    pub user_base: String,
+    /// [default: "(uid={username})"]; Active Directory: "(sAMAccountName={username})".
+    pub user_filter: Option<String>,
+    /// Absent: users are in no group.
+    pub group_base: Option<String>,
+    /// [default: "(member={dn})"]; `{dn}` is the user's entry.
+    pub group_filter: Option<String>,
+    /// What `group:NAME` names [default: "cn"].
+    pub group_attribute: Option<String>,
+    /// The longest a login may take [default: "5s"].
+    pub timeout: Option<String>,
+}
+
+impl std::fmt::Debug for LdapFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LdapFile")
+            .field("url", &self.url)
+            .field("starttls", &self.starttls)
+            .field("ca_file", &self.ca_file)
+            .field("bind_dn", &self.bind_dn)
+            .field("bind_password", &self.bind_password.as_ref().map(|_| "<redacted>"))
+            .field("bind_password_file", &self.bind_password_file)
+            .field("user_base", &self.user_base)
+            .field("user_filter", &self.user_filter)
+            .field("group_base", &self.group_base)
+            .field("group_filter", &self.group_filter)
+            .field("group_attribute", &self.group_attribute)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for AuthFile {
@@ -161,6 +211,7 @@ impl std::fmt::Debug for AuthFile {
             .field("service", &self.service)
             .field("token_key", &self.token_key.as_ref().map(|_| "<redacted>"))
             .field("rules", &self.rules)
+            .field("ldap", &self.ldap)
             .finish()
     }
 }
@@ -370,6 +421,48 @@ pub fn auth_config(file: &ServerFile) -> anyhow::Result<Option<AuthConfig>> {
     Ok(Some(AuthConfig { htpasswd, rules, token }))
 }
 
+/// The [`Authority`] of `[auth]`, with its `[auth.ldap]` directory. `None`: no `[auth]`.
+pub fn authority(file: &ServerFile) -> anyhow::Result<Option<Authority>> {
+    let Some(config) = auth_config(file)? else { return Ok(None) };
+    let mut authority = Authority::new(config);
+    if let Some(l) = file.auth.as_ref().and_then(|a| a.ldap.as_ref()) {
+        authority = authority.with_directory(ldap_directory(l)?);
+    }
+    Ok(Some(authority))
+}
+
+fn ldap_directory(l: &LdapFile) -> anyhow::Result<wharf_auth::Directory> {
+    let mut c = wharf_auth::LdapConfig::new(&l.url, &l.user_base);
+    c.starttls = l.starttls;
+    c.ca_file = l.ca_file.clone();
+    c.bind_dn = l.bind_dn.clone().unwrap_or_default();
+    c.bind_password = match (&l.bind_password, &l.bind_password_file) {
+        (Some(_), Some(_)) => bail!("auth.ldap: set bind_password or bind_password_file, not both"),
+        (Some(p), None) => p.clone(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading auth.ldap.bind_password_file {}", path.display()))?
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
+        (None, None) => String::new(),
+    };
+    if let Some(f) = &l.user_filter {
+        c.user_filter = f.clone();
+    }
+    c.group_base = l.group_base.clone();
+    if let Some(f) = &l.group_filter {
+        c.group_filter = f.clone();
+    }
+    if let Some(a) = &l.group_attribute {
+        c.group_attribute = a.clone();
+    }
+    if let Some(t) = &l.timeout {
+        c.timeout = wharf_sync::parse_duration(t).map_err(|e| anyhow!("auth.ldap.timeout: {e}"))?;
+    }
+    Ok(wharf_auth::Directory::new(c)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -546,5 +639,63 @@ mod tests {
         assert!(bad("[auth]\ntoken = true\nservice = \"a\\\"b\"").contains("quotes"));
         assert!(bad("[[auth.rules]]\npattern = \"x\"\npush = [\"a b\"]").contains("auth.rules[0]"));
         assert!(toml::from_str::<ServerFile>("[auth]\ntokens = true").is_err());
+    }
+
+    #[test]
+    fn reads_the_ldap_section() {
+        let text = r#"
+            [auth]
+            [auth.ldap]
+            url = "ldap://127.0.0.1:3389"
+            bind_dn = "cn=wharf,ou=services,dc=example,dc=org"
+            bind_password = "s3cret-bind"
+            user_base = "ou=people,dc=example,dc=org"
+            group_base = "ou=groups,dc=example,dc=org"
+            timeout = "2s"
+            [[auth.rules]]
+            pattern = "platform/**"
+            pull = ["authenticated"]
+            push = ["group:platform", "alice"]
+        "#;
+        let file: ServerFile = toml::from_str(text).unwrap();
+        assert!(!format!("{file:?}").contains("s3cret-bind"), "Debug shows no secret");
+        let auth = authority(&file).unwrap().unwrap();
+        let d = auth.directory().unwrap().config();
+        assert_eq!(d.timeout, std::time::Duration::from_secs(2));
+        assert_eq!((d.user_filter.as_str(), d.group_filter.as_str()), ("(uid={username})", "(member={dn})"));
+        assert_eq!(d.group_attribute, "cn");
+        // Users named in rules may be directory users: no warning.
+        assert!(auth.warnings().is_empty(), "{:?}", auth.warnings());
+
+        let bad = |extra: &str| {
+            let text = format!("[auth.ldap]\nuser_base = \"dc=x\"\n{extra}");
+            authority(&toml::from_str(&text).unwrap()).unwrap_err().to_string()
+        };
+        assert!(bad("url = \"ldap://x\"\ntimeout = \"soon\"").contains("auth.ldap.timeout"));
+        assert!(bad("url = \"x.example.org\"").contains("auth.ldap.url"));
+        let e = bad("url = \"ldap://x\"\nbind_dn = \"cn=a\"\nbind_password_file = \"/nonexistent/pw\"");
+        assert!(e.contains("/nonexistent/pw"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "from-file\n").unwrap();
+        let text = format!(
+            "[auth.ldap]\nurl = \"ldap://x\"\nuser_base = \"dc=x\"\nbind_dn = \"cn=a\"\nbind_password_file = \"{}\"",
+            pw.display()
+        );
+        let auth = authority(&toml::from_str(&text).unwrap()).unwrap().unwrap();
+        assert_eq!(auth.directory().unwrap().config().bind_password, "from-file");
+        let e = bad("url = \"ldap://x\"\nuser_filter = \"(uid=x)\"");
+        assert!(e.contains("{username}"), "{e}");
+        assert!(
+            toml::from_str::<ServerFile>(
+                "[auth.ldap]\nurl = \"ldap://x\"\nuser_base = \"dc=x\"\nbase = \"x\""
+            )
+            .is_err()
+        );
+        // Group rules without a directory that lists groups: a warning.
+        let file: ServerFile =
+            toml::from_str("[[auth.rules]]\npattern = \"a/**\"\npull = [\"group:platform\"]").unwrap();
+        let w = authority(&file).unwrap().unwrap().warnings();
+        assert!(w.iter().any(|w| w.contains("group \"platform\"")), "{w:?}");
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use wharf_registry::{DEFAULT_GRACE, GarbageCollector, Registry};
 
-use crate::config::{auth_config, mirror_specs, registry_config, tls_config};
+use crate::config::{authority, mirror_specs, registry_config, tls_config};
 use crate::stores::{Open, StoreArgs, Stores};
 
 #[derive(Debug, clap::Args)]
@@ -40,7 +40,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let file = stores.load_config()?;
     let addr = args.addr.or(file.addr.clone()).unwrap_or_else(|| "127.0.0.1:5000".into());
     let config = registry_config(&file, args.index_policy.as_deref())?;
-    let mut auth = auth_config(&file)?.map(wharf_server::wharf_auth::Authority::new);
+    let mut auth = authority(&file)?;
     let tls = tls_config(&file, args.tls_cert.as_deref(), args.tls_key.as_deref())?;
     let mirrors = mirror_specs(&file)?;
     let board = crate::mirror_runs::board(&mirrors)?;
@@ -71,6 +71,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let blob_store = blobs.describe();
     let registry = Registry::new(blobs, meta, config);
     log_auth(auth.as_ref(), tls.is_some());
+    if let Some(d) = auth.as_ref().and_then(|a| a.directory()) {
+        match d.check().await {
+            Ok(()) => {
+                tracing::info!(url = %d.config().url, "LDAP directory reachable, search account accepted")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "LDAP directory not usable now: its users get 503 until it is")
+            }
+        }
+    }
 
     let expiry = Duration::from_secs(3600 * file.upload_expiry_hours.unwrap_or(24));
     tokio::spawn(expire_uploads(registry.clone(), expiry));
@@ -113,6 +123,14 @@ fn log_auth(auth: Option<&wharf_server::wharf_auth::Authority>, tls: bool) {
     }
     let users = auth.user_count();
     let rules = auth.rules().as_slice().len();
+    if let Some(d) = auth.directory().map(|d| d.config()) {
+        let tls = d.url.starts_with("ldaps://") || d.starttls;
+        let groups = d.group_base.as_deref().unwrap_or("(none: no group rules apply)");
+        tracing::info!(url = %d.url, tls, user_base = %d.user_base, groups, timeout = ?d.timeout, "users also from the LDAP directory");
+        if !tls {
+            tracing::warn!(url = %d.url, "auth.ldap: passwords go to the directory unencrypted (use ldaps:// or starttls = true)");
+        }
+    }
     match auth.token_settings() {
         None => tracing::info!(users, rules, "authentication: basic auth (htpasswd)"),
         Some(t) => {

@@ -7,6 +7,7 @@ mod copy;
 mod fill;
 mod gc;
 mod interop;
+mod ldap;
 mod mirrors;
 mod pullthrough;
 mod replicas;
