@@ -8,6 +8,7 @@ mod fill;
 mod gc;
 mod interop;
 mod mirrors;
+mod packaging;
 mod pullthrough;
 mod replicas;
 mod report;
