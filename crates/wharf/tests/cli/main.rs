@@ -17,3 +17,4 @@ mod sparse;
 mod sync;
 mod tls;
 mod trust;
+mod webhooks;

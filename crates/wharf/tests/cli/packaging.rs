@@ -106,7 +106,7 @@ fn config_check_names_what_is_wrong() {
 fn completions_for_bash_zsh_and_fish() {
     for shell in ["bash", "zsh", "fish"] {
         let out = String::from_utf8(run_ok(wharf().args(["completions", shell]))).unwrap();
-        for word in ["serve", "copy", "config", "completions", "--index-policy"] {
+        for word in ["serve", "copy", "config", "completions", "index-policy"] {
             assert!(out.contains(word), "{shell}: {word} missing");
         }
     }
