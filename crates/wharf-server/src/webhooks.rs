@@ -13,6 +13,7 @@
 
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use wharf_metadata::QueuedEvent;
@@ -39,6 +40,8 @@ pub struct DeliverySettings {
     pub lease: Duration,
     /// Rows claimed at once.
     pub batch: u32,
+    /// Deliveries in flight at once (one slow receiver does not hold the others up for long).
+    pub concurrency: usize,
 }
 
 impl Default for DeliverySettings {
@@ -49,8 +52,11 @@ impl Default for DeliverySettings {
             max_backoff: Duration::from_secs(300),
             max_attempts: 12,
             timeout: Duration::from_secs(10),
+            // Longer than a claimed batch can take (batch / concurrency rounds of at most
+            // `timeout`), so that no row's lease runs out while it waits its turn here.
             lease: Duration::from_secs(60),
-            batch: 32,
+            batch: 16,
+            concurrency: 8,
         }
     }
 }
@@ -91,9 +97,11 @@ pub async fn deliver(registry: Registry, settings: DeliverySettings) {
     loop {
         match registry.metadata().claim_events(settings.batch, lease_ms).await {
             Ok(batch) if !batch.is_empty() => {
-                for event in batch {
-                    deliver_one(&registry, &client, &settings, event).await;
-                }
+                futures_util::stream::iter(batch)
+                    .for_each_concurrent(settings.concurrency.max(1), |event| {
+                        deliver_one(&registry, &client, &settings, event)
+                    })
+                    .await;
                 continue;
             }
             Ok(_) => {}
@@ -204,6 +212,13 @@ pub(crate) async fn render_metrics(registry: &Registry, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_finishes_within_its_lease() {
+        let s = DeliverySettings::default();
+        let rounds = u32::try_from(s.batch as usize).unwrap().div_ceil(s.concurrency as u32);
+        assert!(s.timeout * rounds < s.lease);
+    }
 
     #[test]
     fn signs_like_github() {
