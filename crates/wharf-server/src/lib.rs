@@ -213,10 +213,13 @@ async fn dispatch(State(state): State<AppState>, mut req: Request) -> Response {
 }
 
 async fn metrics_endpoint(State(state): State<AppState>) -> Response {
-    let mut text = state.metrics.render();
-    state.mirrors.render_metrics(&mut text);
-    webhooks::render_metrics(&state.registry, &mut text).await;
-    ([("content-type", "text/plain; version=0.0.4")], text).into_response()
+    let text = metrics::Scrape {
+        metrics: state.metrics.clone(),
+        mirrors: state.mirrors.clone(),
+        webhooks: webhooks::Figures::read(&state.registry).await,
+    }
+    .render();
+    ([("content-type", metrics::CONTENT_TYPE)], text).into_response()
 }
 
 /// Ready when the metadata database answers.

@@ -15,6 +15,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use hmac::{Hmac, Mac};
+use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::metrics::MetricType;
 use sha2::Sha256;
 use wharf_metadata::QueuedEvent;
 use wharf_registry::Registry;
@@ -177,35 +179,68 @@ fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// The webhook series of `/metrics`.
-pub(crate) async fn render_metrics(registry: &Registry, out: &mut String) {
-    use std::fmt::Write as _;
-    use std::sync::atomic::Ordering::Relaxed;
-    let s = registry.webhook_stats();
-    out.push_str(
-        "# HELP wharf_webhook_deliveries_total Webhook delivery attempts by result (dead: given up).\n",
-    );
-    out.push_str("# TYPE wharf_webhook_deliveries_total counter\n");
-    for (result, n) in [("ok", &s.delivered), ("failed", &s.failed), ("dead", &s.dead)] {
-        let _ = writeln!(out, "wharf_webhook_deliveries_total{{result=\"{result}\"}} {}", n.load(Relaxed));
-    }
-    if registry.config().webhooks.is_empty() {
-        return;
-    }
-    match registry.metadata().event_queue_depth().await {
-        Ok((waiting, dead)) => {
-            out.push_str(
-                "# HELP wharf_webhook_queue_depth Webhook events waiting for delivery (all replicas).\n",
-            );
-            out.push_str("# TYPE wharf_webhook_queue_depth gauge\n");
-            let _ = writeln!(out, "wharf_webhook_queue_depth {waiting}");
-            out.push_str(
-                "# HELP wharf_webhook_dead_events Webhook events given up on, kept in the outbox.\n",
-            );
-            out.push_str("# TYPE wharf_webhook_dead_events gauge\n");
-            let _ = writeln!(out, "wharf_webhook_dead_events {dead}");
+/// The webhook figures of one scrape: this process's delivery counters, and the outbox's
+/// depth (all replicas; `None` without `[[webhooks]]` or when the database does not answer).
+#[derive(Debug, Default)]
+pub(crate) struct Figures {
+    delivered: u64,
+    failed: u64,
+    dead: u64,
+    queue: Option<(u64, u64)>,
+}
+
+impl Figures {
+    pub(crate) async fn read(registry: &Registry) -> Figures {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = registry.webhook_stats();
+        let queue = match registry.config().webhooks.is_empty() {
+            true => None,
+            false => match registry.metadata().event_queue_depth().await {
+                Ok(q) => Some(q),
+                Err(e) => {
+                    tracing::debug!(error = %e, "webhooks: no queue depth for /metrics");
+                    None
+                }
+            },
+        };
+        Figures {
+            delivered: s.delivered.load(Relaxed),
+            failed: s.failed.load(Relaxed),
+            dead: s.dead.load(Relaxed),
+            queue,
         }
-        Err(e) => tracing::debug!(error = %e, "webhooks: no queue depth for /metrics"),
+    }
+
+    pub(crate) fn encode(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {
+        use crate::metrics::family;
+        family(
+            e,
+            "wharf_webhook_deliveries",
+            "Webhook delivery attempts by result (dead: given up).",
+            MetricType::Counter,
+            [
+                (vec![("result", "ok")], self.delivered),
+                (vec![("result", "failed")], self.failed),
+                (vec![("result", "dead")], self.dead),
+            ],
+        )?;
+        if let Some((waiting, dead)) = self.queue {
+            family(
+                e,
+                "wharf_webhook_queue_depth",
+                "Webhook events waiting for delivery (all replicas).",
+                MetricType::Gauge,
+                [(vec![], waiting)],
+            )?;
+            family(
+                e,
+                "wharf_webhook_dead_events",
+                "Webhook events given up on, kept in the outbox.",
+                MetricType::Gauge,
+                [(vec![], dead)],
+            )?;
+        }
+        Ok(())
     }
 }
 
