@@ -51,10 +51,15 @@ while read -r lib; do
     b copy --quiet "$ctr" "$(readlink -f "$lib")" "$lib"
 done <"$work/libs"
 
-mkdir -p "$work/data" "$work/tmp"
-chmod 1777 "$work/tmp"
-b copy --quiet --chown 65532:65532 "$ctr" "$work/data" /var/lib/wharf
-b copy --quiet "$ctr" "$work/tmp" /tmp
+# /var/lib root's, the data directory the service user's, /tmp for anyone (sticky). As tar
+# archives, which keep modes and owners exactly (buildah copy does not set a directory's mode).
+mkdir -p "$work/root/tmp" "$work/root/var/lib/wharf"
+chmod 0755 "$work/root/var" "$work/root/var/lib" "$work/root/var/lib/wharf"
+chmod 1777 "$work/root/tmp"
+tar -C "$work/root" --numeric-owner --owner=0 --group=0 --no-recursion -cf "$work/dirs.tar" tmp var var/lib
+tar -C "$work/root" --numeric-owner --owner=65532 --group=65532 --no-recursion -cf "$work/data.tar" var/lib/wharf
+b add --quiet "$ctr" "$work/dirs.tar" /
+b add --quiet "$ctr" "$work/data.tar" /
 
 b config \
     --entrypoint '["/wharf","serve"]' \

@@ -211,4 +211,22 @@ fn the_image_built_with_buildah_is_pushed_and_inspected() {
     assert!(c["ExposedPorts"].get("5000/tcp").is_some(), "{config}");
     assert!(c["Volumes"].get("/var/lib/wharf").is_some(), "{config}");
     assert_eq!(config["os"], "linux");
+
+    // The image's files are enough to run it: the binary starts with nothing but them as its
+    // root (a container runtime cannot run here, chroot can, as root).
+    let buildah = |args: &[&str]| {
+        let out = run_ok(store.buildah(args));
+        String::from_utf8(out).unwrap().trim().to_owned()
+    };
+    let ctr = buildah(&["from", "--quiet", "localhost/wharf:test"]);
+    let root = PathBuf::from(buildah(&["mount", &ctr]));
+    let version = run_ok(Command::new(require_tool("chroot")).arg(&root).args(["/wharf", "--version"]));
+    assert!(String::from_utf8_lossy(&version).starts_with("wharf "), "{}", String::from_utf8_lossy(&version));
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let data = std::fs::metadata(root.join("var/lib/wharf")).unwrap();
+    assert_eq!((data.uid(), data.gid()), (65532, 65532));
+    assert_eq!(std::fs::metadata(root.join("var/lib")).unwrap().uid(), 0);
+    assert_eq!(std::fs::metadata(root.join("tmp")).unwrap().permissions().mode() & 0o7777, 0o1777);
+    buildah(&["umount", &ctr]);
+    buildah(&["rm", &ctr]);
 }
