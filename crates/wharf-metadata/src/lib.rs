@@ -122,3 +122,26 @@ pub struct ChildPresence {
     /// A manifest with this digest exists in the repository.
     pub present: bool,
 }
+
+/// An event to queue for one webhook (see [`MetadataStore::put_manifest_with_events`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewEvent {
+    /// The webhook it goes to (its URL).
+    pub target: String,
+    /// `push`, `delete` or `mirror_run`.
+    pub kind: String,
+    /// The event, as JSON, delivered inside the notification envelope.
+    pub body: String,
+}
+
+/// A queued event claimed for delivery by [`MetadataStore::claim_events`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueuedEvent {
+    pub id: i64,
+    pub target: String,
+    pub kind: String,
+    pub body: String,
+    /// Attempts so far, this one included.
+    pub attempts: u32,
+    pub created_at_ms: i64,
+}

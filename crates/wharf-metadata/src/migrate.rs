@@ -15,10 +15,12 @@ use crate::{MetadataError, Result};
 const SQLITE: &[(i64, &str)] = &[
     (1, include_str!("../migrations/sqlite/0001_initial.sql")),
     (2, include_str!("../migrations/sqlite/0002_tag_upstream_check.sql")),
+    (3, include_str!("../migrations/sqlite/0003_webhook_outbox.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_initial.sql")),
     (2, include_str!("../migrations/postgres/0002_tag_upstream_check.sql")),
+    (3, include_str!("../migrations/postgres/0003_webhook_outbox.sql")),
 ];
 
 /// Key of the PostgreSQL advisory lock that serialises migrations ("wharfmig" in ASCII).

@@ -7,6 +7,7 @@ mod catalog;
 mod gc;
 mod locks;
 mod manifests;
+mod outbox;
 mod storage;
 mod uploads;
 

@@ -5,7 +5,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use wharf_metadata::{ChildRecord, MetadataStore, NewManifest};
+use wharf_metadata::{ChildRecord, MetadataStore, NewEvent, NewManifest};
 use wharf_oci::{Digest, RepoName, Tag};
 
 /// A store plus a URL that reaches the same database again (to test reconnecting).
@@ -78,6 +78,7 @@ suite!(
     upload_sessions,
     migrations_are_idempotent,
     concurrent_puts_of_one_manifest,
+    webhook_outbox_leases_retries_and_dead_events,
     named_locks_hold_across_connections,
     tag_upstream_check_is_recorded,
 );
@@ -646,4 +647,56 @@ async fn concurrent_puts_of_one_manifest(ctx: &Ctx) {
     }
     assert_eq!(s.list_tags(&r, None, None).await.unwrap().len(), 16);
     assert_eq!(s.manifests_referencing_blob(&r, &blob(1)).await.unwrap(), 4);
+}
+
+/// The webhook outbox: events go in with the change they describe, a claim leases them (a
+/// second store, as another replica, claims nothing leased), a retry waits until it is due, a
+/// dead event leaves the queue but stays in the table, a delivered one is gone.
+async fn webhook_outbox_leases_retries_and_dead_events(ctx: &Ctx) {
+    let s = &ctx.store;
+    let other = MetadataStore::connect(&ctx.url).await.unwrap();
+    let event =
+        |n: u8| NewEvent { target: "http://h/x".into(), kind: "push".into(), body: format!("{{\"n\":{n}}}") };
+    let img = image("outbox");
+    let r = repo("outbox");
+    let put = NewManifest {
+        repo: &r,
+        digest: &img.digest,
+        media_type: IMAGE,
+        content: &img.content,
+        subject: None,
+        artifact_type: None,
+        annotations_json: None,
+        blob_refs: &img.refs,
+        children: &[],
+        tag: None,
+    };
+    s.put_manifest_with_events(put, &[event(1)]).await.unwrap();
+    s.enqueue_events(&[event(2), event(3)]).await.unwrap();
+    // A delete of something absent queues nothing.
+    let absent = Digest::sha256_of(b"absent");
+    assert!(!s.delete_manifest_with_events(&r, &absent, &[event(9)]).await.unwrap());
+    assert_eq!(s.event_queue_depth().await.unwrap(), (3, 0));
+
+    let claimed = s.claim_events(10, 60_000).await.unwrap();
+    let bodies: Vec<&str> = claimed.iter().map(|e| e.body.as_str()).collect();
+    assert_eq!(bodies, ["{\"n\":1}", "{\"n\":2}", "{\"n\":3}"]);
+    assert!(claimed.iter().all(|e| e.attempts == 1 && e.kind == "push"));
+    assert!(other.claim_events(10, 60_000).await.unwrap().is_empty(), "leased rows are nobody else's");
+
+    let far = i64::MAX / 2;
+    s.event_retry(claimed[0].id, far, "the receiver answered 500").await.unwrap();
+    s.event_dead(claimed[1].id, "gave up").await.unwrap();
+    s.event_delivered(claimed[2].id).await.unwrap();
+    assert_eq!(s.event_queue_depth().await.unwrap(), (1, 1));
+    assert!(other.claim_events(10, 60_000).await.unwrap().is_empty(), "not due yet");
+    s.event_retry(claimed[0].id, 0, "due now").await.unwrap();
+    let again = other.claim_events(10, 60_000).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].id, again[0].attempts), (claimed[0].id, 2));
+    // An expired lease (a deliverer that died) makes the row claimable again.
+    s.event_retry(again[0].id, 0, "x").await.unwrap();
+    assert_eq!(s.claim_events(10, -1).await.unwrap().len(), 1);
+    assert_eq!(other.claim_events(10, 60_000).await.unwrap().len(), 1);
+    other.close().await;
 }

@@ -4,6 +4,7 @@
 
 mod cache;
 pub mod error;
+pub mod events;
 mod fill;
 pub mod fsck;
 pub mod gc;
@@ -15,6 +16,7 @@ pub mod upstream;
 
 pub use cache::ServedManifest;
 pub use error::{MissingChild, RegistryError, Result};
+pub use events::{EventKind, EventOrigin, Webhook, WebhookStats};
 pub use fsck::{FsckProblem, FsckReport, ProblemKind, fsck, fsck_registry};
 pub use gc::{
     BlobCandidate, BlobSweep, DEFAULT_GRACE, GarbageCollector, GcReport, LinkCandidate, RepoGcReport,

@@ -13,6 +13,7 @@ use wharf_oci::{
 use wharf_storage::{BlobRead, BlobStore, BodyStream};
 
 use crate::error::{MissingChild, RegistryError, Result};
+use crate::events::{self, EventKind, EventOrigin, ManifestTarget, Webhook, WebhookStats};
 use crate::fill::{FillJob, FillState, Flights};
 use crate::policy::{IndexPolicy, IndexRule};
 use crate::report::{ChildReport, IndexReport, ReferrerReport, StorageReport};
@@ -29,6 +30,8 @@ pub struct RegistryConfig {
     pub upstreams: Vec<UpstreamRule>,
     /// `[[trust]]`: repositories that serve only manifests whose signature verifies.
     pub trust: Vec<TrustRule>,
+    /// `[[webhooks]]`: who hears of pushes, deletes and mirror runs (see `events.rs`).
+    pub webhooks: Vec<Webhook>,
 }
 
 #[derive(Clone)]
@@ -48,6 +51,11 @@ struct Inner {
     flights: Flights,
     /// Manifest look-ups upstream in flight (by tag or digest): one at a time per manifest.
     manifest_locks: KeyedLocks,
+    /// This instance, as webhook events name it.
+    event_source: events::Source,
+    webhook_stats: WebhookStats,
+    /// Wakes the server's webhook deliverer when this process queued events.
+    events_notify: tokio::sync::Notify,
 }
 
 /// One async lock per key, created on demand and dropped with its last holder.
@@ -112,6 +120,9 @@ impl Registry {
                 trust_cache: TrustCache::default(),
                 flights: Flights::default(),
                 manifest_locks: KeyedLocks::default(),
+                event_source: events::Source::new(),
+                webhook_stats: WebhookStats::default(),
+                events_notify: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -122,6 +133,40 @@ impl Registry {
 
     pub fn metadata(&self) -> &MetadataStore {
         &self.inner.meta
+    }
+
+    /// The `[[webhooks]]` entry with this URL (the outbox names webhooks by URL).
+    pub fn webhook(&self, url: &str) -> Option<&Webhook> {
+        self.inner.config.webhooks.iter().find(|w| w.url == url)
+    }
+
+    /// Resolves when this process has queued webhook events since the last call (or at the
+    /// next one): the deliverer waits on it between looks at the outbox.
+    pub async fn events_queued(&self) {
+        self.inner.events_notify.notified().await
+    }
+
+    fn wake_deliverer(&self, queued: &[wharf_metadata::NewEvent]) {
+        if !queued.is_empty() {
+            self.inner.events_notify.notify_one();
+        }
+    }
+
+    /// Webhook deliveries since start (counted by the server's deliverer).
+    pub fn webhook_stats(&self) -> &WebhookStats {
+        &self.inner.webhook_stats
+    }
+
+    /// Queue a `mirror_run` event for the webhooks that want one for `dest`. `run` is the run's
+    /// summary (as the mirrors status API shows it).
+    pub async fn notify_mirror_run(&self, name: &str, dest: &RepoName, run: serde_json::Value) -> Result<()> {
+        let source = &self.inner.event_source;
+        let rows = events::for_webhooks(&self.inner.config.webhooks, EventKind::MirrorRun, dest, || {
+            events::mirror_run_event(name, dest, run, source)
+        });
+        self.inner.meta.enqueue_events(&rows).await?;
+        self.wake_deliverer(&rows);
+        Ok(())
     }
 
     pub(crate) fn trust_cache(&self) -> &TrustCache {
@@ -486,7 +531,20 @@ impl Registry {
         content_type: Option<&str>,
         bytes: &[u8],
     ) -> Result<PushedManifest> {
-        self.store_manifest(repo, reference, content_type, bytes, false).await
+        self.put_manifest_from(repo, reference, content_type, bytes, &EventOrigin::default()).await
+    }
+
+    /// [`Registry::put_manifest`] by a client described by `origin`: webhooks that want the
+    /// push get an event queued in the push's own transaction (never sent from here).
+    pub async fn put_manifest_from(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        content_type: Option<&str>,
+        bytes: &[u8],
+        origin: &EventOrigin,
+    ) -> Result<PushedManifest> {
+        self.store_manifest(repo, reference, content_type, bytes, false, Some(origin)).await
     }
 
     /// [`Registry::put_manifest`]; with `sparse`, an index is stored whatever children it
@@ -498,6 +556,7 @@ impl Registry {
         content_type: Option<&str>,
         bytes: &[u8],
         sparse: bool,
+        origin: Option<&EventOrigin>,
     ) -> Result<PushedManifest> {
         let manifest = Manifest::parse(content_type, bytes).map_err(|e| match e {
             ManifestError::TooLarge(n) => RegistryError::ManifestTooLarge(n),
@@ -527,21 +586,39 @@ impl Registry {
             Reference::Digest(_) => None,
         };
         let subject = manifest.subject.as_ref().map(|s| s.digest.clone());
+        // Fills from an upstream (no origin) are not pushes: nobody sent them.
+        let events = match origin {
+            Some(origin) => events::for_webhooks(&self.inner.config.webhooks, EventKind::Push, repo, || {
+                let target = ManifestTarget {
+                    repo,
+                    digest: &digest,
+                    media_type: &manifest.media_type,
+                    size: bytes.len() as u64,
+                    tag: tag.map(Tag::as_str),
+                };
+                events::manifest_event(EventKind::Push, &target, origin, &self.inner.event_source)
+            }),
+            None => Vec::new(),
+        };
         self.inner
             .meta
-            .put_manifest(NewManifest {
-                repo,
-                digest: &digest,
-                media_type: &manifest.media_type,
-                content: bytes,
-                subject: subject.as_ref(),
-                artifact_type: artifact_type.as_deref(),
-                annotations_json: annotations_json.as_deref(),
-                blob_refs: &blob_refs,
-                children: &children,
-                tag,
-            })
+            .put_manifest_with_events(
+                NewManifest {
+                    repo,
+                    digest: &digest,
+                    media_type: &manifest.media_type,
+                    content: bytes,
+                    subject: subject.as_ref(),
+                    artifact_type: artifact_type.as_deref(),
+                    annotations_json: annotations_json.as_deref(),
+                    blob_refs: &blob_refs,
+                    children: &children,
+                    tag,
+                },
+                &events,
+            )
             .await?;
+        self.wake_deliverer(&events);
         // After the commit: a reader that saw the old tag cannot fill the cache any more.
         self.invalidate(repo);
         if let Some(signed) = signed_subject(&manifest, tag) {
@@ -623,9 +700,55 @@ impl Registry {
 
     /// Delete by digest (the manifest and its tags) or by tag (just the tag).
     pub async fn delete_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
+        self.delete_manifest_from(repo, reference, &EventOrigin::default()).await
+    }
+
+    /// [`Registry::delete_manifest`] by a client described by `origin`, queueing `delete`
+    /// events in the delete's transaction.
+    pub async fn delete_manifest_from(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        origin: &EventOrigin,
+    ) -> Result<()> {
+        let hooks = &self.inner.config.webhooks;
         let deleted = match reference {
-            Reference::Digest(d) => self.inner.meta.delete_manifest(repo, d).await?,
-            Reference::Tag(t) => self.inner.meta.delete_tag(repo, t).await?,
+            Reference::Digest(d) => {
+                let events = events::for_webhooks(hooks, EventKind::Delete, repo, || {
+                    let target = ManifestTarget { repo, digest: d, media_type: "", size: 0, tag: None };
+                    events::manifest_event(EventKind::Delete, &target, origin, &self.inner.event_source)
+                });
+                let deleted = self.inner.meta.delete_manifest_with_events(repo, d, &events).await?;
+                self.wake_deliverer(&events);
+                deleted
+            }
+            Reference::Tag(t) => {
+                let events = match hooks.iter().any(|w| w.wants(EventKind::Delete, repo)) {
+                    // The event names the digest the tag pointed at, as distribution's does.
+                    true => match self.inner.meta.resolve_tag(repo, t).await? {
+                        Some(d) => events::for_webhooks(hooks, EventKind::Delete, repo, || {
+                            let target = ManifestTarget {
+                                repo,
+                                digest: &d,
+                                media_type: "",
+                                size: 0,
+                                tag: Some(t.as_str()),
+                            };
+                            events::manifest_event(
+                                EventKind::Delete,
+                                &target,
+                                origin,
+                                &self.inner.event_source,
+                            )
+                        }),
+                        None => Vec::new(),
+                    },
+                    false => Vec::new(),
+                };
+                let deleted = self.inner.meta.delete_tag_with_events(repo, t, &events).await?;
+                self.wake_deliverer(&events);
+                deleted
+            }
         };
         self.invalidate(repo);
         self.inner.trust_cache.forget_repo(repo);
@@ -759,7 +882,7 @@ impl Registry {
         // a manifest this registry does not have: the client gets the usual 404, not the 400
         // a pushing client would.
         let reference = Reference::Digest(digest.clone());
-        match self.store_manifest(repo, &reference, Some(&media_type), &bytes, sparse).await {
+        match self.store_manifest(repo, &reference, Some(&media_type), &bytes, sparse, None).await {
             Ok(_) => {
                 tracing::info!(%repo, %digest, upstream = %upstream.describe(), "filled manifest from upstream");
                 Ok(true)
@@ -845,7 +968,7 @@ impl Registry {
         }
         let stored = match Manifest::parse(Some(&media_type), &bytes) {
             Ok(manifest) if self.fill_blobs_of(repo, &manifest).await? => {
-                self.store_manifest(repo, &reference, Some(&media_type), &bytes, true).await.map(|_| ())
+                self.store_manifest(repo, &reference, Some(&media_type), &bytes, true, None).await.map(|_| ())
             }
             Ok(_) => Err(RegistryError::ManifestUnknown {
                 message: format!(

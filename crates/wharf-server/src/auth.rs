@@ -345,6 +345,15 @@ pub(crate) async fn authorize(state: &AppState, route: &Route, req: &mut Request
         let scope = challenge_scope(repo, action);
         return Err(refuse(auth, headers, &caller, &scope, rules_allow, format!("{action} {repo}")));
     }
+    // Who pushed or deleted, for the webhook events of the handler.
+    let actor = match caller.identity() {
+        Identity::User(u) => Some(u),
+        Identity::Internal => Some("wharf".to_owned()),
+        Identity::Anonymous => None,
+    };
+    if let Some(name) = actor {
+        req.extensions_mut().insert(EventActor(name));
+    }
     if matches!(route, Route::UploadStart(_)) && req.method() == Method::POST {
         let params = query_params(req.uri());
         if params.iter().any(|(k, _)| k == "mount") {
@@ -357,6 +366,10 @@ pub(crate) async fn authorize(state: &AppState, route: &Route, req: &mut Request
     }
     Ok(())
 }
+
+/// The authenticated user of a repository request (webhook events' `actor`).
+#[derive(Clone, Debug)]
+pub(crate) struct EventActor(pub String);
 
 /// Remove `mount` and `from` from the query: the request opens an upload session.
 fn drop_mount(req: &mut Request) {

@@ -11,6 +11,7 @@ mod manifests;
 mod metrics;
 pub mod mirrors;
 pub mod tls;
+pub mod webhooks;
 mod wharf_ext;
 
 use std::future::Future;
@@ -123,6 +124,10 @@ pub async fn serve_with_mirrors(
     mirrors: std::sync::Arc<MirrorBoard>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    // Webhook events queued in the outbox are delivered by this process for as long as it
+    // serves (nothing runs without [[webhooks]]).
+    let deliverer = tokio::spawn(webhooks::deliver(registry.clone(), webhooks::DeliverySettings::default()));
+    let _stop_deliverer = AbortOnDrop(deliverer);
     let router = router_with_mirrors(registry, auth, mirrors);
     match tls {
         None => {
@@ -149,6 +154,15 @@ pub async fn serve_with_mirrors(
             let listener = tls::TlsListener::new(listener, &tls)?;
             axum::serve(listener, router).with_graceful_shutdown(shutdown).await
         }
+    }
+}
+
+/// Ends a background task when the server it belongs to returns.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -199,9 +213,13 @@ async fn dispatch(State(state): State<AppState>, mut req: Request) -> Response {
 }
 
 async fn metrics_endpoint(State(state): State<AppState>) -> Response {
-    let mut text = state.metrics.render();
-    state.mirrors.render_metrics(&mut text);
-    ([("content-type", "text/plain; version=0.0.4")], text).into_response()
+    let text = metrics::Scrape {
+        metrics: state.metrics.clone(),
+        mirrors: state.mirrors.clone(),
+        webhooks: webhooks::Figures::read(&state.registry).await,
+    }
+    .render();
+    ([("content-type", metrics::CONTENT_TYPE)], text).into_response()
 }
 
 /// Ready when the metadata database answers.
@@ -235,7 +253,11 @@ async fn handle(state: &AppState, route: Route, req: Request) -> ApiResult {
         (Route::Manifest(repo, r), Method::GET) => manifests::get(reg, &repo, &r, true).await,
         (Route::Manifest(repo, r), Method::HEAD) => manifests::get(reg, &repo, &r, false).await,
         (Route::Manifest(repo, r), Method::PUT) => manifests::put(reg, &repo, &r, req).await,
-        (Route::Manifest(repo, r), Method::DELETE) => manifests::delete(reg, &repo, &r).await,
+        (Route::Manifest(repo, r), Method::DELETE) => {
+            // Request bodies are not Sync: read what the events need before awaiting.
+            let origin = manifests::event_origin(&req);
+            manifests::delete(reg, &repo, &r, origin).await
+        }
         (Route::Blob(repo, d), Method::GET) => blobs::get(reg, &repo, &d, req.headers(), true).await,
         (Route::Blob(repo, d), Method::HEAD) => blobs::get(reg, &repo, &d, req.headers(), false).await,
         (Route::Blob(repo, d), Method::DELETE) => blobs::delete(reg, &repo, &d).await,

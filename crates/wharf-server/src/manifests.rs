@@ -9,8 +9,9 @@ use wharf_oci::{MAX_MANIFEST_BYTES, Reference, RepoName};
 
 /// How much of an oversized manifest body is read and dropped before answering 413.
 const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
-use wharf_registry::{Registry, RegistryError};
+use wharf_registry::{EventOrigin, Registry, RegistryError};
 
+use crate::auth::EventActor;
 use crate::{ApiResult, CONTENT_DIGEST, OCI_SUBJECT, header_str, hv};
 
 fn manifest_response(digest: &str, media_type: &str, len: u64, body: Body) -> Response {
@@ -35,6 +36,7 @@ pub async fn get(reg: &Registry, repo: &RepoName, reference: &Reference, with_bo
 }
 
 pub async fn put(reg: &Registry, repo: &RepoName, reference: &Reference, req: Request) -> ApiResult {
+    let origin = event_origin(&req);
     let content_type = header_str(req.headers(), header::CONTENT_TYPE).map(str::to_owned);
     let declared = header_str(req.headers(), header::CONTENT_LENGTH).and_then(|l| l.parse::<usize>().ok());
     let mut body = req.into_body().into_data_stream();
@@ -55,7 +57,7 @@ pub async fn put(reg: &Registry, repo: &RepoName, reference: &Reference, req: Re
         // instead of a connection reset in the middle of its upload.
         return Err(RegistryError::ManifestTooLarge(received.max(declared.unwrap_or(0))).into());
     }
-    let pushed = reg.put_manifest(repo, reference, content_type.as_deref(), &bytes).await?;
+    let pushed = reg.put_manifest_from(repo, reference, content_type.as_deref(), &bytes, &origin).await?;
     let mut resp = StatusCode::CREATED.into_response();
     let h = resp.headers_mut();
     h.insert(header::LOCATION, hv(&format!("/v2/{repo}/manifests/{}", pushed.digest)));
@@ -67,7 +69,27 @@ pub async fn put(reg: &Registry, repo: &RepoName, reference: &Reference, req: Re
     Ok(resp)
 }
 
-pub async fn delete(reg: &Registry, repo: &RepoName, reference: &Reference) -> ApiResult {
-    reg.delete_manifest(repo, reference).await?;
+pub async fn delete(
+    reg: &Registry,
+    repo: &RepoName,
+    reference: &Reference,
+    origin: EventOrigin,
+) -> ApiResult {
+    reg.delete_manifest_from(repo, reference, &origin).await?;
     Ok(StatusCode::ACCEPTED.into_response())
+}
+
+/// The request as webhook events describe it (distribution's `request` and `actor`).
+pub(crate) fn event_origin(req: &Request) -> EventOrigin {
+    let h = req.headers();
+    let text = |name: &str| header_str(h, name).map(str::to_owned);
+    EventOrigin {
+        actor: req.extensions().get::<EventActor>().map(|a| a.0.clone()),
+        // Behind a proxy the client is the first address it lists.
+        addr: header_str(h, "x-forwarded-for").and_then(|v| v.split(',').next()).map(|a| a.trim().to_owned()),
+        host: text("host"),
+        scheme: text("x-forwarded-proto"),
+        method: req.method().to_string(),
+        useragent: text("user-agent"),
+    }
 }

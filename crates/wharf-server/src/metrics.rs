@@ -1,12 +1,24 @@
 //! Prometheus metrics (`GET /metrics`) and the request log. Counters are plain atomics: the
-//! registry's hot paths pay one relaxed increment per request.
+//! registry's hot paths pay one relaxed increment per request. A scrape hands their values to
+//! `prometheus-client` (the Prometheus project's Rust client), which writes the exposition
+//! format (OpenMetrics text): names, escaping and histogram layout are the library's.
 
-use std::fmt::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::http::Method;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
 use wharf_oci::Route;
+
+use crate::mirrors::MirrorBoard;
+
+/// `Content-Type` of `/metrics`.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// The endpoint families requests are counted by.
 const ENDPOINTS: [&str; 9] =
@@ -59,31 +71,91 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition format.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        out.push_str("# HELP wharf_http_requests_total HTTP requests by endpoint and status class.\n");
-        out.push_str("# TYPE wharf_http_requests_total counter\n");
-        for (e, name) in ENDPOINTS.iter().enumerate() {
+    /// The request counters and the latency histogram.
+    fn encode(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {
+        let mut m = e.encode_descriptor(
+            "wharf_http_requests",
+            "HTTP requests by endpoint and status class.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (i, name) in ENDPOINTS.iter().enumerate() {
             for (c, class) in CLASSES.iter().enumerate() {
-                let n = self.requests[e][c].load(Ordering::Relaxed);
-                let _ =
-                    writeln!(out, "wharf_http_requests_total{{endpoint=\"{name}\",status=\"{class}\"}} {n}");
+                let n = self.requests[i][c].load(Ordering::Relaxed);
+                ConstCounter::new(n).encode(m.encode_family(&[("endpoint", *name), ("status", *class)])?)?;
             }
         }
-        out.push_str("# HELP wharf_http_request_duration_seconds Time to the response head.\n");
-        out.push_str("# TYPE wharf_http_request_duration_seconds histogram\n");
-        let mut cumulative = 0;
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            cumulative += self.latency[i].load(Ordering::Relaxed);
-            let _ =
-                writeln!(out, "wharf_http_request_duration_seconds_bucket{{le=\"{bound}\"}} {cumulative}");
-        }
-        cumulative += self.latency[BUCKETS.len()].load(Ordering::Relaxed);
-        let _ = writeln!(out, "wharf_http_request_duration_seconds_bucket{{le=\"+Inf\"}} {cumulative}");
+        // The library's buckets are per bucket (it adds them up), the last one `+Inf`.
+        let mut buckets: Vec<(f64, u64)> =
+            BUCKETS.iter().enumerate().map(|(i, b)| (*b, self.latency[i].load(Ordering::Relaxed))).collect();
+        buckets.push((f64::MAX, self.latency[BUCKETS.len()].load(Ordering::Relaxed)));
+        let count = buckets.iter().map(|b| b.1).sum();
         let sum = self.latency_sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "wharf_http_request_duration_seconds_sum {sum}");
-        let _ = writeln!(out, "wharf_http_request_duration_seconds_count {cumulative}");
+        e.encode_descriptor(
+            "wharf_http_request_duration_seconds",
+            "Time to the response head.",
+            None,
+            MetricType::Histogram,
+        )?
+        .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+}
+
+/// A gauge or counter family of one sample per label set (an empty set: the family's only
+/// sample, without braces).
+pub(crate) fn family<'l>(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    samples: impl IntoIterator<Item = (Vec<(&'l str, &'l str)>, u64)>,
+) -> std::fmt::Result {
+    let mut m = e.encode_descriptor(name, help, None, kind)?;
+    for (labels, n) in samples {
+        if labels.is_empty() {
+            return sample(kind, n, m);
+        }
+        sample(kind, n, m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn sample(kind: MetricType, n: u64, m: MetricEncoder) -> std::fmt::Result {
+    match kind {
+        MetricType::Counter => ConstCounter::new(n).encode(m),
+        _ => ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX)).encode(m),
+    }
+}
+
+/// Everything one scrape writes, read at the time of the scrape.
+pub(crate) struct Scrape {
+    pub metrics: Arc<Metrics>,
+    pub mirrors: Arc<MirrorBoard>,
+    pub webhooks: crate::webhooks::Figures,
+}
+
+impl std::fmt::Debug for Scrape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scrape").finish_non_exhaustive()
+    }
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
+        self.metrics.encode(&mut e)?;
+        self.mirrors.encode_metrics(&mut e)?;
+        self.webhooks.encode(&mut e)
+    }
+}
+
+impl Scrape {
+    /// The exposition text.
+    pub(crate) fn render(self) -> String {
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(self));
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
         out
     }
 }
@@ -97,7 +169,11 @@ mod tests {
         let m = Metrics::default();
         m.record(3, &Method::GET, "/v2/a/manifests/v1", 200, Duration::from_millis(2));
         m.record(3, &Method::GET, "/v2/a/manifests/v2", 404, Duration::from_millis(30));
-        let text = m.render();
+        let text = Scrape { metrics: Arc::new(m), mirrors: Default::default(), webhooks: Default::default() }
+            .render();
+        assert!(text.contains("# TYPE wharf_http_requests counter"), "{text}");
+        assert!(text.contains("wharf_http_request_duration_seconds_bucket{le=\"+Inf\"} 2"), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
         assert!(text.contains("wharf_http_requests_total{endpoint=\"manifests\",status=\"2xx\"} 1"));
         assert!(text.contains("wharf_http_requests_total{endpoint=\"manifests\",status=\"4xx\"} 1"));
         assert!(text.contains("wharf_http_request_duration_seconds_bucket{le=\"0.005\"} 1"));

@@ -14,6 +14,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::IntoResponse;
+use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::metrics::MetricType;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 use wharf_oci::{ErrorCode, RepoName};
@@ -203,69 +205,68 @@ impl MirrorBoard {
         json!({ "mirrors": mirrors })
     }
 
-    /// Prometheus counters of the runs since start, appended to `/metrics`.
-    pub(crate) fn render_metrics(&self, out: &mut String) {
+    /// The runs since start, for `/metrics`.
+    pub(crate) fn encode_metrics(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {
         if self.entries.is_empty() {
-            return;
+            return Ok(());
         }
         self.family(
-            out,
-            "wharf_mirror_runs_total",
-            "counter",
+            e,
+            "wharf_mirror_runs",
+            MetricType::Counter,
             "Mirror runs, by result (skipped: held by another replica).",
             |s| {
                 vec![
-                    ("result=\"ok\"", s.runs_ok),
-                    ("result=\"failed\"", s.runs_failed),
-                    ("result=\"skipped\"", s.skipped),
+                    (Some(("result", "ok")), s.runs_ok),
+                    (Some(("result", "failed")), s.runs_failed),
+                    (Some(("result", "skipped")), s.skipped),
                 ]
             },
-        );
+        )?;
         self.family(
-            out,
-            "wharf_mirror_image_failures_total",
-            "counter",
+            e,
+            "wharf_mirror_image_failures",
+            MetricType::Counter,
             "Images that failed in mirror runs.",
-            |s| vec![("", s.image_failures)],
-        );
+            |s| vec![(None, s.image_failures)],
+        )?;
         self.family(
-            out,
-            "wharf_mirror_bytes_total",
-            "counter",
+            e,
+            "wharf_mirror_bytes",
+            MetricType::Counter,
             "Bytes of mirror runs: copied, already there, left out by the platform filter.",
             |s| {
                 vec![
-                    ("kind=\"copied\"", s.bytes_copied),
-                    ("kind=\"existing\"", s.bytes_existing),
-                    ("kind=\"filtered\"", s.bytes_filtered),
+                    (Some(("kind", "copied")), s.bytes_copied),
+                    (Some(("kind", "existing")), s.bytes_existing),
+                    (Some(("kind", "filtered")), s.bytes_filtered),
                 ]
             },
-        );
-        self.family(out, "wharf_mirror_running", "gauge", "1 while a mirror runs.", |s| {
-            vec![("", u64::from(s.running))]
-        });
+        )?;
+        self.family(e, "wharf_mirror_running", MetricType::Gauge, "1 while a mirror runs.", |s| {
+            vec![(None, u64::from(s.running))]
+        })
     }
 
-    /// One metric family: a sample per mirror and extra label set that `values` gives.
+    /// One metric family: a sample per mirror and extra label that `values` gives.
     fn family(
         &self,
-        out: &mut String,
+        e: &mut DescriptorEncoder,
         name: &str,
-        kind: &str,
+        kind: MetricType,
         help: &str,
-        values: impl Fn(&State) -> Vec<(&'static str, u64)>,
-    ) {
-        use std::fmt::Write as _;
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        for e in &self.entries {
-            let s = e.state.lock().unwrap_or_else(|p| p.into_inner());
-            for (labels, n) in values(&s) {
-                let sep = if labels.is_empty() { "" } else { "," };
-                // Mirror names are checked at load ([a-z0-9._-]): nothing to escape.
-                let _ = writeln!(out, "{name}{{mirror=\"{}\"{sep}{labels}}} {n}", e.info.name);
+        values: impl Fn(&State) -> Vec<(Option<(&'static str, &'static str)>, u64)>,
+    ) -> std::fmt::Result {
+        let mut samples = Vec::new();
+        for entry in &self.entries {
+            let s = entry.state.lock().unwrap_or_else(|p| p.into_inner());
+            for (extra, n) in values(&s) {
+                let mut labels = vec![("mirror", entry.info.name.as_str())];
+                labels.extend(extra);
+                samples.push((labels, n));
             }
         }
+        crate::metrics::family(e, name, help, kind, samples)
     }
 }
 
@@ -377,8 +378,12 @@ mod tests {
         );
         assert_eq!(m["last_run"]["failures"][0]["error"], "gone");
         assert!(b.status(|_| false)["mirrors"].as_array().unwrap().is_empty());
-        let mut metrics = String::new();
-        b.render_metrics(&mut metrics);
+        let metrics = crate::metrics::Scrape {
+            metrics: Default::default(),
+            mirrors: std::sync::Arc::new(b),
+            webhooks: Default::default(),
+        }
+        .render();
         assert!(
             metrics.contains("wharf_mirror_runs_total{mirror=\"vendor-app\",result=\"failed\"} 1"),
             "{metrics}"

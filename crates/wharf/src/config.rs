@@ -40,6 +40,66 @@ pub struct ServerFile {
     pub tls: Option<TlsFile>,
     /// Where blobs live; absent: files under `data_dir`.
     pub storage: Option<StorageFile>,
+    /// `[[webhooks]]`: notifications of pushes, deletes and mirror runs.
+    #[serde(default)]
+    pub webhooks: Vec<WebhookFile>,
+}
+
+/// `[[webhooks]]`: where events are POSTed (distribution's notification envelope).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookFile {
+    pub url: String,
+    /// Any of "push", "delete", "mirror_run".
+    pub events: Vec<String>,
+    /// Signs each body: `X-Wharf-Signature-256: sha256=<hex HMAC-SHA256>`.
+    pub secret: Option<String>,
+    /// Only repositories matching this pattern (for mirror_run: the mirror's dest).
+    pub pattern: Option<String>,
+}
+
+impl std::fmt::Debug for WebhookFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookFile")
+            .field("url", &self.url)
+            .field("events", &self.events)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("pattern", &self.pattern)
+            .finish()
+    }
+}
+
+/// The `[[webhooks]]`, checked: an http(s) URL, used once; known events, at least one.
+pub fn webhooks(file: &ServerFile) -> anyhow::Result<Vec<wharf_registry::Webhook>> {
+    let mut seen = std::collections::HashSet::new();
+    let mut hooks = Vec::new();
+    for (i, w) in file.webhooks.iter().enumerate() {
+        let at = || format!("webhooks[{i}] (url {:?})", w.url);
+        if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
+            bail!("{}: url must start with http:// or https://", at());
+        }
+        if !seen.insert(w.url.as_str()) {
+            bail!("{}: a second webhook with this url: urls must be unique", at());
+        }
+        if w.events.is_empty() {
+            bail!("{}: events is empty: list any of \"push\", \"delete\", \"mirror_run\"", at());
+        }
+        let events = w
+            .events
+            .iter()
+            .map(|e| e.parse::<wharf_registry::EventKind>().map_err(|m| anyhow!("{}: events: {m}", at())))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        if w.secret.as_deref() == Some("") {
+            bail!("{}: secret is empty: remove it, or set one", at());
+        }
+        hooks.push(wharf_registry::Webhook {
+            url: w.url.clone(),
+            events,
+            secret: w.secret.clone(),
+            pattern: w.pattern.as_deref().map(RepoPattern::new),
+        });
+    }
+    Ok(hooks)
 }
 
 /// `[storage]`: the filesystem (default) or an S3-compatible bucket shared by every replica.
@@ -291,6 +351,7 @@ pub fn registry_config(file: &ServerFile, default_policy: Option<&str>) -> anyho
         foreign_layer_urls: file.foreign_layer_urls.clone(),
         upstreams: crate::upstream::upstream_rules(&file.upstreams)?,
         trust: trust_rules(&file.trust)?,
+        webhooks: webhooks(file)?,
     })
 }
 

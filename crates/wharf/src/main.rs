@@ -2,7 +2,9 @@
 
 mod client;
 mod config;
+mod config_cmd;
 mod copy_cmd;
+mod docs_cmd;
 mod gc_cmd;
 mod inspect;
 mod mirror_runs;
@@ -22,7 +24,7 @@ use clap::{Parser, Subcommand};
     version,
     about = "A container registry and mirror that keeps multi-arch indexes intact"
 )]
-struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     command: Command,
 }
@@ -47,6 +49,12 @@ enum Command {
     Gc(gc_cmd::GcArgs),
     /// Re-hash stored blobs and manifests and check the metadata against storage.
     Fsck(gc_cmd::FsckArgs),
+    /// Check a server config file (`wharf config check FILE`).
+    Config(config_cmd::ConfigArgs),
+    /// Print shell completions (bash, zsh or fish).
+    Completions(docs_cmd::CompletionsArgs),
+    /// Print the man page (roff).
+    Man,
 }
 
 fn main() -> std::process::ExitCode {
@@ -77,6 +85,9 @@ fn main() -> std::process::ExitCode {
             Command::Mirrors(args) => mirrors_cmd::run(args).await,
             Command::Gc(args) => gc_cmd::run_gc(args).await,
             Command::Fsck(args) => gc_cmd::run_fsck(args).await,
+            Command::Config(args) => config_cmd::run(args).await,
+            Command::Completions(args) => docs_cmd::completions(args),
+            Command::Man => docs_cmd::man(),
         }
     });
     // A mirror run still going on a blocking thread when `serve` stops must not hold the exit

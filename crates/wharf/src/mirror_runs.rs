@@ -10,7 +10,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use wharf_metadata::MetadataStore;
+use wharf_registry::Registry;
+use wharf_registry::events::rfc3339_millis;
 use wharf_server::{MirrorBoard, MirrorInfo, RunFailure, RunSummary};
 use wharf_sync::{LocalTarget, MirrorSpec, SyncReport};
 
@@ -39,14 +40,14 @@ pub(crate) fn start(
     specs: Vec<MirrorSpec>,
     target: LocalTarget,
     board: Arc<MirrorBoard>,
-    meta: MetadataStore,
+    registry: Registry,
 ) {
     for spec in specs {
-        tokio::spawn(schedule(spec, target.clone(), board.clone(), meta.clone()));
+        tokio::spawn(schedule(spec, target.clone(), board.clone(), registry.clone()));
     }
 }
 
-async fn schedule(spec: MirrorSpec, target: LocalTarget, board: Arc<MirrorBoard>, meta: MetadataStore) {
+async fn schedule(spec: MirrorSpec, target: LocalTarget, board: Arc<MirrorBoard>, registry: Registry) {
     let Ok(interval) = spec.interval() else {
         tracing::error!(mirror = %spec.name, "invalid interval (it was checked at load): mirror not scheduled");
         return;
@@ -54,7 +55,7 @@ async fn schedule(spec: MirrorSpec, target: LocalTarget, board: Arc<MirrorBoard>
     tracing::info!(mirror = %spec.name, source = %spec.source, dest = %spec.dest, every = %spec.interval, "mirror scheduled");
     loop {
         board.set_next_run(&spec.name, SystemTime::now());
-        run_once(&spec, &target, &board, &meta).await;
+        run_once(&spec, &target, &board, &registry).await;
         board.set_next_run(&spec.name, SystemTime::now() + interval);
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
@@ -63,7 +64,8 @@ async fn schedule(spec: MirrorSpec, target: LocalTarget, board: Arc<MirrorBoard>
     }
 }
 
-async fn run_once(spec: &MirrorSpec, target: &LocalTarget, board: &MirrorBoard, meta: &MetadataStore) {
+async fn run_once(spec: &MirrorSpec, target: &LocalTarget, board: &MirrorBoard, registry: &Registry) {
+    let meta = registry.metadata();
     let name = spec.name.as_str();
     let started = SystemTime::now();
     let lock = match meta.try_lock(&format!("mirror:{name}")).await {
@@ -111,9 +113,30 @@ async fn run_once(spec: &MirrorSpec, target: &LocalTarget, board: &MirrorBoard, 
             tracing::warn!(mirror = name, image = %f.image, error = %f.error, "mirror run: image failed");
         }
     }
+    notify(registry, spec, &summary).await;
     board.run_finished(name, summary);
     if let Err(e) = lock.release().await {
         tracing::warn!(mirror = name, error = %e, "releasing the mirror's lock failed (its connection was closed)");
+    }
+}
+
+/// Queue the `mirror_run` webhook event of a finished run (runs skipped or never started
+/// because of the lock are not runs).
+async fn notify(registry: &Registry, spec: &MirrorSpec, s: &RunSummary) {
+    let Ok(dest) = spec.dest_repo() else { return };
+    let run = serde_json::json!({
+        "source": spec.source,
+        "started": rfc3339_millis(s.started),
+        "finished": rfc3339_millis(s.finished),
+        "ok": s.ok,
+        "images": s.images,
+        "bytes_copied": s.bytes_copied,
+        "bytes_existing": s.bytes_existing,
+        "bytes_filtered": s.bytes_filtered,
+        "failures": s.failures.iter().map(|f| serde_json::json!({ "image": f.image, "error": f.error })).collect::<Vec<_>>(),
+    });
+    if let Err(e) = registry.notify_mirror_run(&spec.name, &dest, run).await {
+        tracing::warn!(mirror = %spec.name, error = %e, "cannot queue the mirror_run webhook event");
     }
 }
 

@@ -105,7 +105,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             credentials: internal_login,
             tls_verify: false,
         };
-        crate::mirror_runs::start(mirrors, target, board.clone(), registry.metadata().clone());
+        crate::mirror_runs::start(mirrors, target, board.clone(), registry.clone());
     }
     wharf_server::serve_with_mirrors(listener, registry, auth, tls, board, shutdown_signal()).await?;
     tracing::info!("shut down cleanly");

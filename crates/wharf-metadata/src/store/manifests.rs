@@ -5,8 +5,9 @@ use sqlx::{Any, Row, Transaction};
 use wharf_oci::{Digest, RepoName, Tag};
 
 use super::blobs::link_blob_in;
+use super::outbox::enqueue_in;
 use super::{MetadataStore, db_size, now, row_digest, row_size};
-use crate::{ChildPresence, MetadataError, NewManifest, Referrer, Result, StoredManifest};
+use crate::{ChildPresence, MetadataError, NewEvent, NewManifest, Referrer, Result, StoredManifest};
 
 /// Columns selected by the children queries, with presence derived by a join.
 const CHILD_COLUMNS: &str = "c.position, c.child_digest, c.media_type, c.size, c.platform, \
@@ -34,6 +35,12 @@ impl MetadataStore {
     /// its blobs to the repository and records them as its references, records its children if
     /// the manifest is new (they never change), then points `m.tag` at it.
     pub async fn put_manifest(&self, m: NewManifest<'_>) -> Result<()> {
+        self.put_manifest_with_events(m, &[]).await
+    }
+
+    /// [`MetadataStore::put_manifest`], queueing `events` (webhook notifications of the push) in
+    /// the same transaction: a committed push always has its events, a failed one none.
+    pub async fn put_manifest_with_events(&self, m: NewManifest<'_>, events: &[NewEvent]) -> Result<()> {
         let repo = m.repo.as_str();
         let digest = m.digest.to_string();
         let ts = now();
@@ -112,6 +119,7 @@ impl MetadataStore {
         if let Some(tag) = m.tag {
             upsert_tag(&mut tx, repo, tag.as_str(), &digest, ts).await?;
         }
+        enqueue_in(&mut tx, events).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -215,6 +223,17 @@ impl MetadataStore {
     /// rows. Children rows of other indexes that list it stay: the child just becomes absent.
     /// Blob links stay too (garbage collection decides). True if the manifest was there.
     pub async fn delete_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
+        self.delete_manifest_with_events(repo, digest, &[]).await
+    }
+
+    /// [`MetadataStore::delete_manifest`], queueing `events` in the same transaction if the
+    /// manifest was there.
+    pub async fn delete_manifest_with_events(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        events: &[NewEvent],
+    ) -> Result<bool> {
         let repo = repo.as_str();
         let digest = digest.to_string();
         let mut tx = self.begin().await?;
@@ -230,18 +249,47 @@ impl MetadataStore {
             .bind(digest.as_str())
             .execute(&mut *tx)
             .await?;
+        let deleted = done.rows_affected() > 0;
+        if deleted {
+            enqueue_in(&mut tx, events).await?;
+        }
         tx.commit().await?;
-        Ok(done.rows_affected() > 0)
+        Ok(deleted)
     }
 
     /// Deletes the tag (not the manifest). True if it was there.
     pub async fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool> {
+        self.delete_tag_with_events(repo, tag, &[]).await
+    }
+
+    /// [`MetadataStore::delete_tag`], queueing `events` in the same transaction if the tag was
+    /// there.
+    pub async fn delete_tag_with_events(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+        events: &[NewEvent],
+    ) -> Result<bool> {
+        if events.is_empty() {
+            let done = sqlx::query("DELETE FROM tags WHERE repo = $1 AND tag = $2")
+                .bind(repo.as_str())
+                .bind(tag.as_str())
+                .execute(&self.write)
+                .await?;
+            return Ok(done.rows_affected() > 0);
+        }
+        let mut tx = self.begin().await?;
         let done = sqlx::query("DELETE FROM tags WHERE repo = $1 AND tag = $2")
             .bind(repo.as_str())
             .bind(tag.as_str())
-            .execute(&self.write)
+            .execute(&mut *tx)
             .await?;
-        Ok(done.rows_affected() > 0)
+        let deleted = done.rows_affected() > 0;
+        if deleted {
+            enqueue_in(&mut tx, events).await?;
+        }
+        tx.commit().await?;
+        Ok(deleted)
     }
 
     /// Manifests in `repo` whose `subject` is `subject`, sorted by digest.

@@ -9,6 +9,7 @@ mod latency;
 mod protocol;
 mod sparse;
 mod storage;
+mod webhooks;
 
 /// Instantiate async test fns `fn(Backend)` once per backend.
 #[macro_export]
