@@ -40,6 +40,8 @@ pub struct ServerFile {
     pub tls: Option<TlsFile>,
     /// Where blobs live; absent: files under `data_dir`.
     pub storage: Option<StorageFile>,
+    /// `[limits]`: connections and client timeouts; absent: the defaults of `wharf_server::Limits`.
+    pub limits: Option<crate::serve::LimitsFile>,
 }
 
 /// `[storage]`: the filesystem (default) or an S3-compatible bucket shared by every replica.
