@@ -4,6 +4,7 @@
 mod auth;
 mod containerd;
 mod copy;
+mod faults;
 mod fill;
 mod gc;
 mod interop;
@@ -16,3 +17,4 @@ mod sparse;
 mod sync;
 mod tls;
 mod trust;
+mod upgrade;
