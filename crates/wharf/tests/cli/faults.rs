@@ -292,3 +292,146 @@ fn postgres_restart_under_pushes_needs_no_wharf_restart() {
     drop(server);
     drop(pg);
 }
+
+/// A delay in `0..max_ms` that differs between runs (printed, so that a failure can be
+/// replayed by hand).
+fn random_delay(max_ms: u64) -> std::time::Duration {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    let ms = u64::from(nanos) % max_ms.max(1);
+    eprintln!("SIGKILL after {ms} ms");
+    std::time::Duration::from_millis(ms)
+}
+
+/// `wharf ARGS --data-dir … [--database …]` against `server`'s stores.
+fn wharf_cmd(server: &WharfServer, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wharf"));
+    cmd.args(args).arg("--data-dir").arg(server.data_dir()).env("WHARF_LOG", "warn");
+    if let Some(db) = server.database() {
+        cmd.args(["--database", &format!("postgres://postgres@127.0.0.1:5432/{db}")]);
+    }
+    cmd
+}
+
+fn assert_fsck_clean(server: &WharfServer) {
+    let out = wharf_cmd(server, &["fsck", "--json"]).output().unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("fsck printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stderr)));
+    assert!(out.status.success(), "fsck: {report}");
+    assert_eq!(report["problems"], serde_json::json!([]));
+}
+
+fn kill_during_gc(backend: Backend) {
+    let server = WharfServer::start(backend, "");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = RegistryClient::new(&server.addr);
+    let kept: Vec<TestImage> =
+        (0..3).map(|i| TestImage::builder().seed(101 + i).tag(&format!("v{i}")).build()).collect();
+    let strays: Vec<Blob> =
+        (0..150).map(|i| Blob::new("application/octet-stream", noise(5000 + i, 16 << 10))).collect();
+    let dropped = TestImage::builder().seed(109).tag("gone").build();
+    rt.block_on(async {
+        for image in &kept {
+            client.push_image("keep/app", image).await.unwrap();
+        }
+        for blob in &strays {
+            client.push_blob("junk/strays", blob).await.unwrap();
+        }
+        client.push_image("junk/old", &dropped).await.unwrap();
+        let resp = client
+            .request(Method::DELETE, &format!("/v2/junk/old/manifests/{}", dropped.index.digest))
+            .send()
+            .await;
+        assert_eq!(resp.unwrap().status(), StatusCode::ACCEPTED);
+    });
+    let read_back = || {
+        rt.block_on(async {
+            for image in &kept {
+                let (_, bytes) = client.get_manifest("keep/app", &image.tag).await.unwrap();
+                assert_eq!(bytes, image.index.bytes);
+                for blob in image.blobs() {
+                    assert_eq!(client.get_blob("keep/app", &blob.digest).await.unwrap(), blob.bytes);
+                }
+            }
+        })
+    };
+    for round in 0..3u64 {
+        let mut gc = wharf_cmd(&server, &["gc", "--grace", "0s"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(random_delay(60 + 120 * round));
+        let _ = gc.kill();
+        gc.wait().unwrap();
+        assert_fsck_clean(&server);
+        read_back();
+    }
+    // A run to the end removes all the garbage.
+    let out = wharf_cmd(&server, &["gc", "--grace", "0s"]).output().unwrap();
+    assert!(out.status.success(), "gc rerun: {}", String::from_utf8_lossy(&out.stderr));
+    rt.block_on(async {
+        for blob in &strays {
+            assert!(!client.blob_exists("junk/strays", &blob.digest).await.unwrap(), "{}", blob.digest);
+        }
+    });
+    assert_fsck_clean(&server);
+    read_back();
+}
+
+#[test]
+fn kill_9_during_gc_leaves_a_clean_registry_sqlite() {
+    kill_during_gc(Backend::Sqlite);
+}
+
+#[test]
+fn kill_9_during_gc_leaves_a_clean_registry_postgres() {
+    kill_during_gc(Backend::Postgres);
+}
+
+#[test]
+fn kill_9_during_a_mirror_run_then_the_next_run_completes() {
+    use crate::mirrors::{KEPT, mirror_config, present_platforms, status, wait_for_runs};
+
+    let upstream = wharf_testkit::Distribution::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // Three tags with 1 MiB layers: a run long enough to be cut somewhere inside.
+    let images: Vec<TestImage> = (1..=3)
+        .map(|i| {
+            TestImage::builder().seed(120 + i).tag(&format!("v{i}")).layers(2).layer_size(1 << 20).build()
+        })
+        .collect();
+    for image in &images {
+        rt.block_on(upstream.client().push_image("vendor/app", image)).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = mirror_config(&upstream, "");
+    let mut first = WharfServer::start_in(Backend::Sqlite, &config, &data);
+    // The run at start is under way (or already done, on a fast machine): cut it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while status(&first, None)["mirrors"][0]["state"] != "running" && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    std::thread::sleep(random_delay(400));
+    first.kill();
+    assert_fsck_clean(&first);
+    drop(first);
+
+    // Started again on the same data, the run at start completes the mirror.
+    let second = WharfServer::start_in(Backend::Sqlite, &config, &data);
+    let m = wait_for_runs(&second, "vendor-app", 1, None);
+    assert_eq!(m["last_run"]["ok"], true, "{m}");
+    assert_eq!(m["last_run"]["images"], 3, "{m}");
+    let client = RegistryClient::new(&second.addr);
+    for image in &images {
+        let (_, bytes) = rt.block_on(client.get_manifest("mirror/app", &image.tag)).unwrap();
+        assert_eq!(bytes, image.index.bytes, "{}", image.tag);
+        assert_eq!(present_platforms(&second, &format!("mirror/app:{}", image.tag)), KEPT);
+        for p in KEPT {
+            for blob in image.platform(p).blobs() {
+                assert_eq!(rt.block_on(client.get_blob("mirror/app", &blob.digest)).unwrap(), blob.bytes);
+            }
+        }
+    }
+    assert_fsck_clean(&second);
+}
