@@ -295,6 +295,29 @@ async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     #[test]
+    fn limits_from_the_config_file() {
+        let file: crate::config::ServerFile = toml::from_str(
+            "[limits]\nheader_read_timeout = \"10s\"\nbody_idle_timeout = \"2m\"\nmax_connections = 64\n",
+        )
+        .unwrap();
+        let limits = file.limits.unwrap().limits().unwrap();
+        assert_eq!(limits.header_read_timeout, std::time::Duration::from_secs(10));
+        assert_eq!(limits.body_idle_timeout, std::time::Duration::from_secs(120));
+        assert_eq!(limits.max_connections, 64);
+        assert_eq!(limits.max_header_bytes, wharf_server::Limits::default().max_header_bytes);
+        for bad in [
+            "max_connections = 0",
+            "header_read_timeout = \"0s\"",
+            "max_header_bytes = 10",
+            "body_idle_timeout = \"soon\"",
+        ] {
+            let file: crate::config::ServerFile = toml::from_str(&format!("[limits]\n{bad}\n")).unwrap();
+            assert!(file.limits.unwrap().limits().is_err(), "{bad}");
+        }
+        assert!(toml::from_str::<crate::config::ServerFile>("[limits]\nmax_conections = 5\n").is_err());
+    }
+
+    #[test]
     fn redacts_passwords() {
         assert_eq!(super::redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
         assert_eq!(super::redact("sqlite://x.db"), "sqlite://x.db");
