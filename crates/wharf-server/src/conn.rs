@@ -6,7 +6,7 @@
 //! waits in the kernel's listen backlog instead of in our memory; hyper closes a connection
 //! whose request head (or whose next request, when kept alive) does not arrive in time, and
 //! answers 431 to heads beyond the size limit; [`IdleBody`] ends a request body that stops
-//! arriving.
+//! arriving, and [`WriteIdle`] a connection whose client stopped reading its response.
 
 use std::future::Future;
 use std::pin::{Pin, pin};
@@ -34,6 +34,9 @@ pub struct Limits {
     /// A request body that sends nothing for this long ends with an error (the upload fails,
     /// nothing of it becomes visible) and the connection is closed.
     pub body_idle_timeout: Duration,
+    /// A client that reads nothing of a response for this long (the socket stays full) is
+    /// disconnected, so that slow readers cannot hold every connection slot.
+    pub write_idle_timeout: Duration,
     /// Connections served at once; further ones wait in the listen backlog until one closes.
     pub max_connections: usize,
     /// Request line plus headers, in bytes; larger heads are answered 431 and closed.
@@ -45,6 +48,7 @@ impl Default for Limits {
         Limits {
             header_read_timeout: Duration::from_secs(30),
             body_idle_timeout: Duration::from_secs(60),
+            write_idle_timeout: Duration::from_secs(60),
             // Below the usual soft limit of 1024 open files, which uploads and the database
             // also need.
             max_connections: 512,
@@ -101,6 +105,7 @@ where
         }
         let router = router.clone();
         let idle = limits.body_idle_timeout;
+        let write_idle = limits.write_idle_timeout;
         let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
             let req: Request = req.map(|body| Body::new(IdleBody::new(body, idle)));
             let svc = TowerToHyperService::new(router.clone());
@@ -110,7 +115,8 @@ where
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let mut conn = pin!(builder.serve_connection(TokioIo::new(io), service));
+            let io = TokioIo::new(WriteIdle::new(io, write_idle));
+            let mut conn = pin!(builder.serve_connection(io, service));
             let mut stopping = false;
             loop {
                 tokio::select! {
@@ -134,6 +140,109 @@ where
     let _ = stop_tx.send(true);
     let _ = permits.acquire_many(max as u32).await;
     Ok(())
+}
+
+/// A connection whose writes fail once the client has accepted no byte for `idle` (the socket
+/// buffer stays full): hyper then drops the connection and its slot.
+struct WriteIdle<T> {
+    inner: T,
+    idle: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    armed: bool,
+}
+
+impl<T> WriteIdle<T> {
+    fn new(inner: T, idle: Duration) -> WriteIdle<T> {
+        WriteIdle { inner, idle, timer: Box::pin(tokio::time::sleep(idle)), armed: false }
+    }
+
+    /// Called when a write would block: fail once it has blocked for `idle`.
+    fn stalled<R>(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<R>> {
+        if !self.armed {
+            self.armed = true;
+            let deadline = tokio::time::Instant::now() + self.idle;
+            self.timer.as_mut().reset(deadline);
+        }
+        match self.timer.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                tracing::info!(idle = ?self.idle, "client stopped reading its response; disconnecting");
+                Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "client stopped reading")))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// A write that moved bytes restarts the clock; flushes do not (on a socket they are
+    /// always ready, and would otherwise postpone the deadline forever).
+    fn wrote(
+        &mut self,
+        result: Poll<std::io::Result<usize>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<usize>> {
+        match result {
+            Poll::Pending => self.stalled(cx),
+            Poll::Ready(Ok(n)) if n > 0 => {
+                self.armed = false;
+                Poll::Ready(Ok(n))
+            }
+            ready => ready,
+        }
+    }
+
+    fn waited<R>(
+        &mut self,
+        result: Poll<std::io::Result<R>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<R>> {
+        match result {
+            Poll::Pending => self.stalled(cx),
+            ready => ready,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for WriteIdle<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for WriteIdle<T> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.wrote(result, cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.wrote(result, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_flush(cx);
+        this.waited(result, cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.waited(result, cx)
+    }
 }
 
 /// The request body error of a body that stopped arriving.

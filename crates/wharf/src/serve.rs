@@ -132,6 +132,8 @@ pub struct LimitsFile {
     pub header_read_timeout: Option<String>,
     /// A request body that sends nothing for this long is ended ("60s").
     pub body_idle_timeout: Option<String>,
+    /// A client that reads nothing of its response for this long is disconnected ("60s").
+    pub write_idle_timeout: Option<String>,
     /// Connections served at once; more wait in the listen backlog (512).
     pub max_connections: Option<usize>,
     /// Request line plus headers, in bytes (65536); larger heads get 431.
@@ -151,6 +153,9 @@ impl LimitsFile {
         }
         if let Some(v) = &self.body_idle_timeout {
             limits.body_idle_timeout = duration("body_idle_timeout", v)?;
+        }
+        if let Some(v) = &self.write_idle_timeout {
+            limits.write_idle_timeout = duration("write_idle_timeout", v)?;
         }
         if let Some(n) = self.max_connections {
             anyhow::ensure!(n > 0, "limits.max_connections must be at least 1");

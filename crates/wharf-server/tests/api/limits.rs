@@ -35,6 +35,7 @@ impl Limited {
         let limits = Limits {
             header_read_timeout: TIMEOUT,
             body_idle_timeout: TIMEOUT,
+            write_idle_timeout: TIMEOUT,
             max_connections: MAX_CONNECTIONS,
             max_header_bytes: 8 * 1024,
         };
@@ -147,6 +148,52 @@ async fn idle_and_slowloris_connections_do_not_starve_clients() {
     for c in clients {
         let status = tokio::time::timeout(Duration::from_secs(60), c).await.unwrap().unwrap().unwrap();
         assert_ne!(status.as_u16() / 100, 5);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_stop_reading_do_not_hold_every_slot() {
+    let s = Limited::start().await;
+    // Much larger than what the socket buffers of both ends hold.
+    let blob: Vec<u8> = (0..16u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let digest = Digest::sha256_of(&blob);
+    // Its own client, dropped after the push: no kept-alive connection holds a slot.
+    let uploader = reqwest::Client::new();
+    let resp = uploader
+        .post(s.url(&format!("/v2/app/blobs/uploads/?digest={digest}")))
+        .body(blob.clone())
+        .send()
+        .await;
+    assert_eq!(resp.unwrap().status(), StatusCode::CREATED);
+    drop(uploader);
+    // Every slot: a GET of the blob that never reads a byte of the answer.
+    let mut stalled = Vec::new();
+    for _ in 0..MAX_CONNECTIONS {
+        // A small receive buffer (no autotuning): the server's writes block soon.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(64 * 1024).unwrap();
+        let mut conn = socket.connect(s.addr.parse().unwrap()).await.unwrap();
+        conn.write_all(format!("GET /v2/app/blobs/{digest} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        stalled.push(conn);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A new client is served once the stalled ones are disconnected.
+    let fresh = reqwest::Client::new();
+    let got = tokio::time::timeout(Duration::from_secs(120), async {
+        fresh.get(s.url(&format!("/v2/app/blobs/{digest}"))).send().await.unwrap().bytes().await.unwrap()
+    })
+    .await
+    .expect("clients that stopped reading held every connection slot");
+    assert!(got == blob, "the blob read back differs");
+    // Each stalled connection was cut: its response ends before the blob does. (Reading one
+    // that is not cut yet would let its response go on: first give the last of them, which
+    // may have waited for a slot, its timeout.)
+    tokio::time::sleep(3 * TIMEOUT).await;
+    for mut conn in stalled {
+        let got = until_closed(&mut conn, Duration::from_secs(60)).await;
+        assert!(got.len() < blob.len(), "a stalled reader got the whole blob");
     }
 }
 
