@@ -52,6 +52,23 @@ impl From<sqlx::Error> for MetadataError {
     }
 }
 
+impl MetadataError {
+    /// The database cannot write because its disk is full: SQLite's `SQLITE_FULL` (13) or an
+    /// I/O error saying so, PostgreSQL's `disk_full` (53100).
+    pub fn is_storage_full(&self) -> bool {
+        match self {
+            MetadataError::Db(sqlx::Error::Database(db))
+            | MetadataError::Unavailable(sqlx::Error::Database(db)) => {
+                matches!(db.code().as_deref(), Some("13" | "53100"))
+            }
+            MetadataError::Db(sqlx::Error::Io(e)) | MetadataError::Unavailable(sqlx::Error::Io(e)) => {
+                e.kind() == std::io::ErrorKind::StorageFull
+            }
+            _ => false,
+        }
+    }
+}
+
 pub type Result<T> = std::result::Result<T, MetadataError>;
 
 /// One descriptor listed by an index (image index or Docker manifest list), as recorded when the

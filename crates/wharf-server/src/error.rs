@@ -80,6 +80,8 @@ impl From<RegistryError> for ApiError {
             E::IndexChildrenMissing { .. } => (StatusCode::BAD_REQUEST, ErrorCode::ManifestBlobUnknown),
             E::Unsupported(_) => (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::Unsupported),
             E::Denied(_) => (StatusCode::FORBIDDEN, ErrorCode::Denied),
+            E::Storage(s) if s.is_storage_full() => return disk_full(&e),
+            E::Metadata(m) if m.is_storage_full() => return disk_full(&e),
             E::Storage(StorageError::Unavailable(_)) | E::Metadata(MetadataError::Unavailable(_)) => {
                 // Nothing was changed; the client should retry once the service is back.
                 tracing::warn!(error = %e, "backing service unavailable");
@@ -136,6 +138,19 @@ impl From<RegistryError> for ApiError {
         };
         ApiError { status, errors, retry_after: None }
     }
+}
+
+/// The disk under the data directory (or the database) is full: 507, with a message an
+/// administrator can act on. What failed was undone (temporary files removed, the transaction
+/// rolled back), so nothing partial is visible and the space it took is free again.
+fn disk_full(e: &RegistryError) -> ApiError {
+    tracing::error!(error = %e, "storage full: pushes fail until space is freed (wharf gc, a larger disk)");
+    ApiError::new(
+        StatusCode::INSUFFICIENT_STORAGE,
+        ErrorCode::Unavailable,
+        "the registry's storage is full (no space left on device): nothing of this request was kept; \
+         retry once an administrator has freed space",
+    )
 }
 
 impl IntoResponse for ApiError {

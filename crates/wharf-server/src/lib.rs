@@ -5,6 +5,7 @@
 
 mod auth;
 mod blobs;
+mod conn;
 mod discovery;
 pub mod error;
 mod manifests;
@@ -27,6 +28,7 @@ use wharf_oci::{ErrorCode, NameError, Route, RouteError};
 use wharf_registry::Registry;
 use wharf_storage::BodyStream;
 
+pub use conn::{BodyIdle, Limits};
 pub use error::ApiError;
 pub use mirrors::{MirrorBoard, MirrorInfo, RunFailure, RunSummary};
 pub use tls::{TlsConfig, TlsError};
@@ -124,6 +126,19 @@ pub async fn serve_with_mirrors(
     mirrors: std::sync::Arc<MirrorBoard>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with_limits(listener, registry, auth, tls, mirrors, Limits::default(), shutdown).await
+}
+
+/// [`serve_with_mirrors`] within `limits` (timeouts, connections, header size: `conn.rs`).
+pub async fn serve_with_limits(
+    listener: tokio::net::TcpListener,
+    registry: Registry,
+    auth: Option<wharf_auth::Authority>,
+    tls: Option<TlsConfig>,
+    mirrors: std::sync::Arc<MirrorBoard>,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     // Webhook events queued in the outbox are delivered by this process for as long as it
     // serves (nothing runs without [[webhooks]]).
     let deliverer = tokio::spawn(webhooks::deliver(registry.clone(), webhooks::DeliverySettings::default()));
@@ -139,7 +154,7 @@ pub async fn serve_with_mirrors(
                     tracing::debug!(error = %e, "could not set TCP_NODELAY");
                 }
             });
-            axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+            conn::serve(listener, router, limits, shutdown).await
         }
         Some(tls) => {
             // Requests came over https: say so where the scheme of this server is advertised
@@ -152,7 +167,7 @@ pub async fn serve_with_mirrors(
                 req
             }));
             let listener = tls::TlsListener::new(listener, &tls)?;
-            axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+            conn::serve(listener, router, limits, shutdown).await
         }
     }
 }

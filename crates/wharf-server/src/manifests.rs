@@ -39,6 +39,17 @@ pub async fn put(reg: &Registry, repo: &RepoName, reference: &Reference, req: Re
     let origin = event_origin(&req);
     let content_type = header_str(req.headers(), header::CONTENT_TYPE).map(str::to_owned);
     let declared = header_str(req.headers(), header::CONTENT_LENGTH).and_then(|l| l.parse::<usize>().ok());
+    let expects_continue =
+        header_str(req.headers(), header::EXPECT).is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+    if let Some(len) = declared.filter(|l| *l > MAX_MANIFEST_BYTES && (expects_continue || *l > DRAIN_LIMIT))
+    {
+        // Refused before a byte of it is read: a client waiting for "100 Continue" never sends
+        // it, and one that declares more than we would drain learns at once. The connection
+        // cannot be reused with an unread body in it.
+        let mut resp = crate::ApiError::from(RegistryError::ManifestTooLarge(len)).into_response();
+        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return Ok(resp);
+    }
     let mut body = req.into_body().into_data_stream();
     let mut bytes = Vec::with_capacity(declared.unwrap_or(0).min(MAX_MANIFEST_BYTES));
     let mut received = 0usize;

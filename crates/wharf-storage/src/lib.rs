@@ -67,6 +67,18 @@ pub enum StorageError {
     Unavailable(String),
 }
 
+impl StorageError {
+    /// The filesystem under the store is full (ENOSPC, or EDQUOT where a quota applies).
+    pub fn is_storage_full(&self) -> bool {
+        match self {
+            StorageError::Io(e) => {
+                matches!(e.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
+            }
+            _ => false,
+        }
+    }
+}
+
 /// A stored blob's size and when it was written or last touched (garbage collection's clock).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlobAge {

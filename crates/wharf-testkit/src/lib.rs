@@ -3,6 +3,7 @@
 //! - [`free_port`] and [`require_tool`];
 //! - [`Garage`]: a real S3-compatible object store (one node, a bucket and a key);
 //! - [`Nginx`]: a round-robin load balancer in front of several registries;
+//! - [`PrivatePostgres`]: a PostgreSQL server of the test's own, to restart under load;
 //! - [`Distribution`]: a real CNCF distribution 2.8 (Debian's `docker-registry`) on loopback,
 //!   optionally behind htpasswd basic auth or the Docker token flow (with a token issuer);
 //! - [`TestImage`]: deterministic multi-platform images (OCI or Docker media types) with real
@@ -21,6 +22,7 @@ mod distribution;
 mod garage;
 mod image;
 mod nginx;
+mod postgres;
 mod push;
 pub mod sign;
 mod slapd;
@@ -41,6 +43,7 @@ pub use image::{
     add_layout_ref, media_type, tar_layout, write_layout_blobs,
 };
 pub use nginx::Nginx;
+pub use postgres::PrivatePostgres;
 pub use push::{ACCEPT_ALL_MANIFESTS, PushError, RegistryClient};
 pub use slapd::{LDAP_BASE, LDAP_BIND_DN, LDAP_BIND_PASSWORD, LDAP_GROUPS, LDAP_PEOPLE, Slapd, SlapdBuilder};
 pub use token::{TOKEN_ISSUER, TOKEN_SERVICE, TokenIssuer};

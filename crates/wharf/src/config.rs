@@ -43,6 +43,8 @@ pub struct ServerFile {
     /// `[[webhooks]]`: notifications of pushes, deletes and mirror runs.
     #[serde(default)]
     pub webhooks: Vec<WebhookFile>,
+    /// `[limits]`: connections and client timeouts; absent: the defaults of `wharf_server::Limits`.
+    pub limits: Option<crate::serve::LimitsFile>,
 }
 
 /// `[[webhooks]]`: where events are POSTed (distribution's notification envelope).

@@ -43,6 +43,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut auth = authority(&file)?;
     let tls = tls_config(&file, args.tls_cert.as_deref(), args.tls_key.as_deref())?;
     let mirrors = mirror_specs(&file)?;
+    let limits = file.limits.as_ref().map(LimitsFile::limits).transpose()?.unwrap_or_default();
     let board = crate::mirror_runs::board(&mirrors)?;
     // Mirror runs push into this registry through its own API, logged in as itself.
     let internal_login = match (&mut auth, mirrors.is_empty()) {
@@ -93,7 +94,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         tokio::spawn(collect_garbage(registry.clone(), Duration::from_secs(minutes.saturating_mul(60))));
     }
 
-    let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
+    let listener = bind(&addr).await?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     let local = listener.local_addr()?;
     tracing::info!(addr = %local, scheme, data_dir = %data_dir.display(), blobs = %blob_store, metadata = %redact(&database), "wharf registry listening");
@@ -107,9 +108,75 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         };
         crate::mirror_runs::start(mirrors, target, board.clone(), registry.clone());
     }
-    wharf_server::serve_with_mirrors(listener, registry, auth, tls, board, shutdown_signal()).await?;
+    wharf_server::serve_with_limits(listener, registry, auth, tls, board, limits, shutdown_signal()).await?;
     tracing::info!("shut down cleanly");
     Ok(())
+}
+
+/// Connections beyond `[limits] max_connections` wait in the kernel's listen backlog: make it
+/// hold many (the kernel caps it at `net.core.somaxconn`), not the usual 128.
+const LISTEN_BACKLOG: u32 = 4096;
+
+async fn bind(addr: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    let mut last = None;
+    for sa in tokio::net::lookup_host(addr).await.with_context(|| format!("resolving {addr}"))? {
+        let socket =
+            if sa.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }?;
+        socket.set_reuseaddr(true)?;
+        match socket.bind(sa).and_then(|()| socket.listen(LISTEN_BACKLOG)) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    match last {
+        Some(e) => Err(e).with_context(|| format!("binding {addr}")),
+        None => anyhow::bail!("binding {addr}: the address resolves to nothing"),
+    }
+}
+
+/// `[limits]`: how many connections, and how long a client may take; every field optional.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    /// Request line and headers must arrive within this ("30s"); also the keep-alive idle time.
+    pub header_read_timeout: Option<String>,
+    /// A request body that sends nothing for this long is ended ("60s").
+    pub body_idle_timeout: Option<String>,
+    /// A client that reads nothing of its response for this long is disconnected ("60s").
+    pub write_idle_timeout: Option<String>,
+    /// Connections served at once; more wait in the listen backlog (512).
+    pub max_connections: Option<usize>,
+    /// Request line plus headers, in bytes (65536); larger heads get 431.
+    pub max_header_bytes: Option<usize>,
+}
+
+impl LimitsFile {
+    pub fn limits(&self) -> anyhow::Result<wharf_server::Limits> {
+        let mut limits = wharf_server::Limits::default();
+        let duration = |key: &str, value: &str| -> anyhow::Result<Duration> {
+            let d = crate::gc_cmd::parse_duration(value).map_err(|e| anyhow::anyhow!("limits.{key}: {e}"))?;
+            anyhow::ensure!(!d.is_zero(), "limits.{key} must be more than 0s");
+            Ok(d)
+        };
+        if let Some(v) = &self.header_read_timeout {
+            limits.header_read_timeout = duration("header_read_timeout", v)?;
+        }
+        if let Some(v) = &self.body_idle_timeout {
+            limits.body_idle_timeout = duration("body_idle_timeout", v)?;
+        }
+        if let Some(v) = &self.write_idle_timeout {
+            limits.write_idle_timeout = duration("write_idle_timeout", v)?;
+        }
+        if let Some(n) = self.max_connections {
+            anyhow::ensure!(n > 0, "limits.max_connections must be at least 1");
+            limits.max_connections = n;
+        }
+        if let Some(n) = self.max_header_bytes {
+            anyhow::ensure!(n >= 1024, "limits.max_header_bytes must be at least 1024");
+            limits.max_header_bytes = n;
+        }
+        Ok(limits)
+    }
 }
 
 /// Say at start who may do what (never a secret).
@@ -250,6 +317,29 @@ async fn shutdown_signal() {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn limits_from_the_config_file() {
+        let file: crate::config::ServerFile = toml::from_str(
+            "[limits]\nheader_read_timeout = \"10s\"\nbody_idle_timeout = \"2m\"\nmax_connections = 64\n",
+        )
+        .unwrap();
+        let limits = file.limits.unwrap().limits().unwrap();
+        assert_eq!(limits.header_read_timeout, std::time::Duration::from_secs(10));
+        assert_eq!(limits.body_idle_timeout, std::time::Duration::from_secs(120));
+        assert_eq!(limits.max_connections, 64);
+        assert_eq!(limits.max_header_bytes, wharf_server::Limits::default().max_header_bytes);
+        for bad in [
+            "max_connections = 0",
+            "header_read_timeout = \"0s\"",
+            "max_header_bytes = 10",
+            "body_idle_timeout = \"soon\"",
+        ] {
+            let file: crate::config::ServerFile = toml::from_str(&format!("[limits]\n{bad}\n")).unwrap();
+            assert!(file.limits.unwrap().limits().is_err(), "{bad}");
+        }
+        assert!(toml::from_str::<crate::config::ServerFile>("[limits]\nmax_conections = 5\n").is_err());
+    }
+
     #[test]
     fn redacts_passwords() {
         assert_eq!(super::redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");

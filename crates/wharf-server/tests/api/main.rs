@@ -6,6 +6,7 @@ mod auth;
 mod conformance;
 mod harness;
 mod latency;
+mod limits;
 mod protocol;
 mod sparse;
 mod storage;

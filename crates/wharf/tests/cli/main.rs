@@ -4,6 +4,7 @@
 mod auth;
 mod containerd;
 mod copy;
+mod faults;
 mod fill;
 mod gc;
 mod interop;
@@ -18,4 +19,5 @@ mod sparse;
 mod sync;
 mod tls;
 mod trust;
+mod upgrade;
 mod webhooks;

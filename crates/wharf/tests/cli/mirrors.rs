@@ -12,7 +12,7 @@ use wharf_testkit::{Distribution, TestImage, htpasswd_line, run_ok, run_output, 
 use crate::server::{Backend, WharfServer};
 use crate::sparse::inspect_json;
 
-const KEPT: [&str; 2] = ["linux/amd64", "linux/arm64"];
+pub(crate) const KEPT: [&str; 2] = ["linux/amd64", "linux/arm64"];
 const LEFT_OUT: [&str; 2] = ["linux/arm/v7", "linux/s390x"];
 
 fn wharf() -> Command {
@@ -55,7 +55,7 @@ fn has_manifest(server: &WharfServer, repo: &str, reference: &str, creds: Option
     code == 200
 }
 
-fn status(server: &WharfServer, creds: Option<&str>) -> Value {
+pub(crate) fn status(server: &WharfServer, creds: Option<&str>) -> Value {
     let mut args = vec![];
     if let Some(c) = creds {
         args.extend(["-u", c]);
@@ -86,7 +86,7 @@ fn wait_for(what: &str, server: &WharfServer, mut done: impl FnMut() -> bool) {
 }
 
 /// Wait until mirror `name` has finished `n` successful runs and is idle; its status.
-fn wait_for_runs(server: &WharfServer, name: &str, n: u64, creds: Option<&str>) -> Value {
+pub(crate) fn wait_for_runs(server: &WharfServer, name: &str, n: u64, creds: Option<&str>) -> Value {
     wait_for(&format!("{n} runs of mirror {name}"), server, || runs_ok(server, name) >= n);
     let mut m = Value::Null;
     wait_for("the mirror to be idle", server, || {
@@ -96,7 +96,7 @@ fn wait_for_runs(server: &WharfServer, name: &str, n: u64, creds: Option<&str>) 
     m
 }
 
-fn present_platforms(server: &WharfServer, image: &str) -> Vec<String> {
+pub(crate) fn present_platforms(server: &WharfServer, image: &str) -> Vec<String> {
     let report = inspect_json(server, image);
     report["children"]
         .as_array()
@@ -107,7 +107,7 @@ fn present_platforms(server: &WharfServer, image: &str) -> Vec<String> {
         .collect()
 }
 
-fn mirror_config(upstream: &Distribution, extra: &str) -> String {
+pub(crate) fn mirror_config(upstream: &Distribution, extra: &str) -> String {
     format!(
         r#"
 [[index_policy.repositories]]

@@ -10,6 +10,7 @@ pub struct WharfServer {
     child: Child,
     _dir: tempfile::TempDir,
     database: Option<String>,
+    data_dir: std::path::PathBuf,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -54,17 +55,30 @@ impl WharfServer {
     /// Start `wharf serve` with `config` (TOML) on a fresh data dir; on PostgreSQL, in a
     /// database of its own that is dropped afterwards.
     pub fn start(backend: Backend, config: &str) -> WharfServer {
-        WharfServer::launch(backend, config, &[], false)
+        WharfServer::launch(backend, config, &[], false, None)
+    }
+
+    /// [`WharfServer::start`] on a data directory the test prepared (and cleans up), e.g. a
+    /// small tmpfs.
+    pub fn start_in(backend: Backend, config: &str, data_dir: &std::path::Path) -> WharfServer {
+        WharfServer::launch(backend, config, &[], false, Some(data_dir.to_owned()))
     }
 
     /// [`WharfServer::start`] for a server that serves HTTPS (`[tls]` in `config`, or the
     /// `--tls-cert`/`--tls-key` flags in `args`): readiness is checked over TLS.
     pub fn start_tls(backend: Backend, config: &str, args: &[&std::ffi::OsStr]) -> WharfServer {
-        WharfServer::launch(backend, config, args, true)
+        WharfServer::launch(backend, config, args, true, None)
     }
 
-    fn launch(backend: Backend, config: &str, args: &[&std::ffi::OsStr], tls: bool) -> WharfServer {
+    fn launch(
+        backend: Backend,
+        config: &str,
+        args: &[&std::ffi::OsStr],
+        tls: bool,
+        data_dir: Option<std::path::PathBuf>,
+    ) -> WharfServer {
         let dir = tempfile::tempdir().unwrap();
+        let data_dir = data_dir.unwrap_or_else(|| dir.path().join("data"));
         let config_path = dir.path().join("wharf.toml");
         std::fs::write(&config_path, config).unwrap();
         let (database, db_name) = match backend {
@@ -81,7 +95,7 @@ impl WharfServer {
             cmd.args(["serve", "--config"])
                 .arg(&config_path)
                 .args(["--addr", &addr, "--data-dir"])
-                .arg(dir.path().join("data"))
+                .arg(&data_dir)
                 .env("WHARF_LOG", "warn")
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -93,7 +107,7 @@ impl WharfServer {
             let mut child = cmd.spawn().expect("spawn wharf");
             let ready = if tls { wait_ready_tls(&addr, &mut child) } else { wait_ready(&addr, &mut child) };
             if ready {
-                return WharfServer { addr, child, _dir: dir, database: db_name };
+                return WharfServer { addr, child, _dir: dir, database: db_name, data_dir };
             }
             let _ = child.kill();
         }
@@ -105,7 +119,7 @@ impl WharfServer {
 
     /// The `--data-dir` the server runs with (blobs under `storage/`, SQLite `metadata.db`).
     pub fn data_dir(&self) -> std::path::PathBuf {
-        self._dir.path().join("data")
+        self.data_dir.clone()
     }
 
     /// The PostgreSQL database of this server (`None` on SQLite).

@@ -1,0 +1,306 @@
+//! Connections: how many are served at once, and how long a client may take to send what it
+//! owes. Idle and slow clients (slowloris) must never use up what other clients need.
+//!
+//! axum's own `serve` has no header timeout and no connection limit, so connections are served
+//! here with hyper directly: a semaphore permit is taken *before* `accept`, so that the excess
+//! waits in the kernel's listen backlog instead of in our memory; hyper closes a connection
+//! whose request head (or whose next request, when kept alive) does not arrive in time, and
+//! answers 431 to heads beyond the size limit; [`IdleBody`] ends a request body that stops
+//! arriving, and [`WriteIdle`] a connection whose client stopped reading its response.
+
+use std::future::Future;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::Request;
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{Semaphore, watch};
+
+/// Limits on what a client may hold or send; see docs/OPERATIONS.md (`[limits]`).
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// A request's line and headers must arrive within this, counted from the first byte
+    /// awaited; a kept-alive connection with no next request is closed after it too.
+    pub header_read_timeout: Duration,
+    /// A request body that sends nothing for this long ends with an error (the upload fails,
+    /// nothing of it becomes visible) and the connection is closed.
+    pub body_idle_timeout: Duration,
+    /// A client that reads nothing of a response for this long (the socket stays full) is
+    /// disconnected, so that slow readers cannot hold every connection slot.
+    pub write_idle_timeout: Duration,
+    /// Connections served at once; further ones wait in the listen backlog until one closes.
+    pub max_connections: usize,
+    /// Request line plus headers, in bytes; larger heads are answered 431 and closed.
+    pub max_header_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            header_read_timeout: Duration::from_secs(30),
+            body_idle_timeout: Duration::from_secs(60),
+            write_idle_timeout: Duration::from_secs(60),
+            // Below the usual soft limit of 1024 open files, which uploads and the database
+            // also need.
+            max_connections: 512,
+            max_header_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// How long between two "connection limit reached" warnings.
+const FULL_WARNING_EVERY: Duration = Duration::from_secs(60);
+
+/// Serves `router` on `listener` within `limits` until `shutdown` resolves, then lets the
+/// open connections finish their in-flight requests.
+pub(crate) async fn serve<L>(
+    mut listener: L,
+    router: Router,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let max = limits.max_connections.clamp(1, Semaphore::MAX_PERMITS);
+    let permits = Arc::new(Semaphore::new(max));
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_header_size(limits.max_header_bytes);
+    let builder = Arc::new(builder);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut shutdown = pin!(shutdown);
+    let mut warned_full: Option<tokio::time::Instant> = None;
+    loop {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            _ = &mut shutdown => break,
+        };
+        let (io, _peer) = tokio::select! {
+            conn = listener.accept() => conn,
+            _ = &mut shutdown => break,
+        };
+        if permits.available_permits() == 0 && warned_full.is_none_or(|at| at.elapsed() >= FULL_WARNING_EVERY)
+        {
+            warned_full = Some(tokio::time::Instant::now());
+            tracing::warn!(
+                max_connections = max,
+                "connection limit reached: new connections wait in the listen backlog until one closes"
+            );
+        }
+        let router = router.clone();
+        let idle = limits.body_idle_timeout;
+        let write_idle = limits.write_idle_timeout;
+        let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+            let req: Request = req.map(|body| Body::new(IdleBody::new(body, idle)));
+            let svc = TowerToHyperService::new(router.clone());
+            async move { hyper::service::Service::call(&svc, req).await }
+        });
+        let builder = builder.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let io = TokioIo::new(WriteIdle::new(io, write_idle));
+            let mut conn = pin!(builder.serve_connection(io, service));
+            let mut stopping = false;
+            loop {
+                tokio::select! {
+                    result = conn.as_mut() => {
+                        if let Err(e) = result {
+                            tracing::debug!(error = %e, "connection ended with an error");
+                        }
+                        break;
+                    }
+                    _ = stop.wait_for(|s| *s), if !stopping => {
+                        stopping = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+        });
+    }
+    // Stop accepting (a TLS listener stops its handshakes when dropped), then wait until every
+    // connection has handed back its permit.
+    drop(listener);
+    let _ = stop_tx.send(true);
+    let _ = permits.acquire_many(max as u32).await;
+    Ok(())
+}
+
+/// A connection whose writes fail once the client has accepted no byte for `idle` (the socket
+/// buffer stays full): hyper then drops the connection and its slot.
+struct WriteIdle<T> {
+    inner: T,
+    idle: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    armed: bool,
+}
+
+impl<T> WriteIdle<T> {
+    fn new(inner: T, idle: Duration) -> WriteIdle<T> {
+        WriteIdle { inner, idle, timer: Box::pin(tokio::time::sleep(idle)), armed: false }
+    }
+
+    /// Called when a write would block: fail once it has blocked for `idle`.
+    fn stalled<R>(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<R>> {
+        if !self.armed {
+            self.armed = true;
+            let deadline = tokio::time::Instant::now() + self.idle;
+            self.timer.as_mut().reset(deadline);
+        }
+        match self.timer.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                tracing::info!(idle = ?self.idle, "client stopped reading its response; disconnecting");
+                Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "client stopped reading")))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// A write that moved bytes restarts the clock; flushes do not (on a socket they are
+    /// always ready, and would otherwise postpone the deadline forever).
+    fn wrote(
+        &mut self,
+        result: Poll<std::io::Result<usize>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<usize>> {
+        match result {
+            Poll::Pending => self.stalled(cx),
+            Poll::Ready(Ok(n)) if n > 0 => {
+                self.armed = false;
+                Poll::Ready(Ok(n))
+            }
+            ready => ready,
+        }
+    }
+
+    fn waited<R>(
+        &mut self,
+        result: Poll<std::io::Result<R>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<R>> {
+        match result {
+            Poll::Pending => self.stalled(cx),
+            ready => ready,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for WriteIdle<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for WriteIdle<T> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.wrote(result, cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.wrote(result, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_flush(cx);
+        this.waited(result, cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.waited(result, cx)
+    }
+}
+
+/// The request body error of a body that stopped arriving.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body sent nothing for {0:?}; the connection was closed")]
+pub struct BodyIdle(Duration);
+
+/// A request body that fails once no data has come for `idle` while the handler waits for it
+/// (time spent in the handler between reads does not count).
+struct IdleBody {
+    inner: Incoming,
+    idle: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    armed: bool,
+}
+
+impl IdleBody {
+    fn new(inner: Incoming, idle: Duration) -> IdleBody {
+        IdleBody { inner, idle, timer: Box::pin(tokio::time::sleep(idle)), armed: false }
+    }
+}
+
+impl HttpBody for IdleBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.armed = false;
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                if !this.armed {
+                    this.armed = true;
+                    let deadline = tokio::time::Instant::now() + this.idle;
+                    this.timer.as_mut().reset(deadline);
+                }
+                match this.timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        tracing::info!(idle = ?this.idle, "request body stalled; ending the request");
+                        Poll::Ready(Some(Err(Box::new(BodyIdle(this.idle)))))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
