@@ -6,11 +6,15 @@
 //!   may `pull`, `push` and `delete`; the first matching pattern decides, no match = no access;
 //! - [`Scope`]: Docker token scopes (`repository:NAME:pull,push`, `registry:catalog:*`);
 //! - the built-in token issuer: HS256 JWTs carrying the granted scopes ([`token`]);
-//! - [`Authority`]: all of it together, as the server uses it.
+//! - [`Authority`]: all of it together, as the server uses it;
+//! - password logins throttled per client and per user, and bcrypt checks capped
+//!   ([`throttle`], [`Authority::password_login`]).
 
 mod htpasswd;
+mod login;
 mod rules;
 mod scope;
+pub mod throttle;
 pub mod token;
 
 use std::collections::HashMap;
@@ -22,9 +26,11 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use wharf_oci::RepoName;
 
-pub use htpasswd::{Htpasswd, HtpasswdError};
+pub use htpasswd::{Htpasswd, HtpasswdError, MAX_COST};
+pub use login::{LoginError, LoginStats};
 pub use rules::{Action, Actions, Identity, Principal, Rule, Rules};
 pub use scope::{Scope, ScopeError};
+pub use throttle::{LoginLimits, Throttled};
 pub use token::{Claims, TokenError, TokenKey};
 
 /// The user name of [`Authority::internal_credentials`].
@@ -108,6 +114,10 @@ pub struct Authority {
     cache: LoginCache,
     /// The password of [`INTERNAL_USER`], once [`Authority::internal_credentials`] made it.
     internal: Option<String>,
+    /// Failed logins per client and user, the cap on concurrent bcrypt checks, counters.
+    throttle: throttle::LoginThrottle,
+    checks: tokio::sync::Semaphore,
+    stats: LoginStats,
 }
 
 impl Authority {
@@ -118,6 +128,9 @@ impl Authority {
             token: config.token,
             cache: LoginCache::new(),
             internal: None,
+            throttle: throttle::LoginThrottle::new(LoginLimits::default()),
+            checks: tokio::sync::Semaphore::new(LoginLimits::default().concurrent_checks),
+            stats: LoginStats::default(),
         }
     }
 
@@ -158,6 +171,23 @@ impl Authority {
         }
         if self.htpasswd.is_none() && self.rules.mentions_users() {
             out.push("[auth] rules admit users but no htpasswd file is configured: nobody can log in".into());
+        }
+        if let Some(costs) = self.htpasswd.as_ref().map(Htpasswd::costs).filter(|c| c.len() > 1) {
+            let max = costs.last().map_or(0, |c| c.0);
+            let listed: Vec<String> = costs.iter().map(|(c, n)| format!("{n} at cost {c}")).collect();
+            out.push(format!(
+                "the htpasswd file mixes bcrypt costs ({}): every login is checked at cost {max}'s price \
+                 so that its time tells nothing; rehash the others at one cost",
+                listed.join(", ")
+            ));
+        }
+        if self.token.as_ref().is_some_and(|t| t.realm.is_none()) {
+            out.push(
+                "auth.realm is not set: the token endpoint advertised to clients is built from each \
+                 request's Host and X-Forwarded-Proto headers, which a client or a proxy chooses; set \
+                 realm to the public https:// URL of /token in production (see docs/OPERATIONS.md)"
+                    .into(),
+            );
         }
         out
     }

@@ -19,17 +19,26 @@
 //! wrong (or a token lacks a scope the rules would grant), 403 `DENIED` when a user who
 //! proved who they are is not allowed. `/healthz` and `/metrics` are not behind auth.
 //!
+//! Password logins go through `Authority::password_login`: failures are throttled per client
+//! address and per user name (`429 TOOMANYREQUESTS` with `Retry-After`, before any bcrypt),
+//! and bcrypt checks are capped (`503 UNAVAILABLE` with `Retry-After` when none frees up
+//! soon), so `/healthz` and token requests never queue behind them. A user name is a
+//! client's string: it reaches a log line only `Debug`-escaped (no forged lines).
+//!
 //! `/v2/` answers 401 to a request without credentials even when some repositories are
 //! public: clients (containers/image, docker) learn the auth scheme from that answer only,
 //! and would otherwise never send credentials. Anonymous clients then pull public
 //! repositories with an anonymous token, or with empty basic credentials.
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::connect_info::Connected;
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use wharf_auth::{Action, Authority, Claims, Identity, Scope};
+use axum::serve::IncomingStream;
+use wharf_auth::{Action, Authority, Claims, Identity, LoginError, Scope};
 use wharf_oci::{ErrorCode, RepoName, Route};
 use wharf_registry::Registry;
 
@@ -111,40 +120,94 @@ fn presented(headers: &HeaderMap) -> Presented {
     }
 }
 
-/// Check a password: from the cache of recent successes, else bcrypt off the executor.
-/// Failures are logged with the user name only.
-async fn login(auth: &Arc<Authority>, user: String, password: String) -> Option<Identity> {
-    if let Some(id) = auth.cached_login(&user, &password) {
-        return Some(id);
+/// The TCP peer of a TLS connection (plain TCP connections give axum's `SocketAddr`).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub SocketAddr);
+
+impl Connected<IncomingStream<'_, crate::tls::TlsListener>> for ClientAddr {
+    fn connect_info(stream: IncomingStream<'_, crate::tls::TlsListener>) -> Self {
+        ClientAddr(*stream.remote_addr())
     }
-    let a = auth.clone();
-    let name = user.clone();
-    let id = tokio::task::spawn_blocking(move || a.login(&user, &password)).await.ok().flatten();
-    if id.is_none() {
-        tracing::info!(user = %name, "failed login: unknown user or wrong password");
-    }
-    id
 }
 
-async fn authenticate(auth: &Arc<Authority>, headers: &HeaderMap) -> Result<Caller, String> {
+/// The address the request came from (the TCP peer: behind a proxy, the proxy's), which
+/// the login throttle counts by.
+fn client_ip(req: &Request) -> IpAddr {
+    let ext = req.extensions();
+    ext.get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip())
+        .or_else(|| ext.get::<ConnectInfo<ClientAddr>>().map(|ConnectInfo(ClientAddr(addr))| addr.ip()))
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+}
+
+/// Check a password (throttled, capped; see `Authority::password_login`). Failures are
+/// logged with the user name escaped, never the password.
+async fn login(
+    auth: &Arc<Authority>,
+    client: IpAddr,
+    user: String,
+    password: String,
+) -> Result<Identity, LoginError> {
+    let name = user.clone();
+    let outcome = auth.password_login(client, user, password).await;
+    match &outcome {
+        Ok(_) => {}
+        Err(LoginError::Invalid) => {
+            tracing::info!(user = ?name, %client, "failed login: unknown user or wrong password");
+        }
+        Err(e) => tracing::debug!(user = ?name, %client, error = %e, "login refused before checking"),
+    }
+    outcome
+}
+
+/// Why authentication failed: a 401 with a challenge, or a login refused for now.
+enum AuthFailure {
+    Unauthorized(String),
+    Refused(LoginError),
+}
+
+/// `429` (throttled) or `503` (busy) in the spec's error format, with `Retry-After`.
+fn login_refused(e: LoginError) -> Response {
+    let (status, code) = match e {
+        LoginError::Busy => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
+        _ => (StatusCode::TOO_MANY_REQUESTS, ErrorCode::TooManyRequests),
+    };
+    let mut resp = ApiError::new(status, code, e.to_string()).into_response();
+    let secs = e.retry_after().map_or(1, |d| d.as_secs_f64().ceil().max(1.0) as u64);
+    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    resp
+}
+
+async fn authenticate(
+    auth: &Arc<Authority>,
+    headers: &HeaderMap,
+    client: IpAddr,
+) -> Result<Caller, AuthFailure> {
     match presented(headers) {
         Presented::Nothing => Ok(Caller::Anonymous),
-        Presented::Basic(user, password) => match login(auth, user, password).await {
-            Some(Identity::User(u)) => Ok(Caller::User(u)),
-            Some(Identity::Anonymous) => Ok(Caller::Anonymous),
-            Some(Identity::Internal) => Ok(Caller::Internal),
-            None => Err("invalid user name or password".into()),
+        Presented::Basic(user, password) => match login(auth, client, user, password).await {
+            Ok(Identity::User(u)) => Ok(Caller::User(u)),
+            Ok(Identity::Anonymous) => Ok(Caller::Anonymous),
+            Ok(Identity::Internal) => Ok(Caller::Internal),
+            Err(LoginError::Invalid) => {
+                Err(AuthFailure::Unauthorized("invalid user name or password".into()))
+            }
+            Err(e) => Err(AuthFailure::Refused(e)),
         },
         Presented::Bearer(token) => {
             if auth.token_settings().is_none() {
-                return Err("this registry takes basic auth, not bearer tokens".into());
+                return Err(AuthFailure::Unauthorized(
+                    "this registry takes basic auth, not bearer tokens".into(),
+                ));
             }
             auth.verify_token(&token).map(|c| Caller::Token(Box::new(c))).map_err(|e| {
                 tracing::debug!(error = %e, "bearer token refused");
-                format!("{e}; get a new one from the token endpoint")
+                AuthFailure::Unauthorized(format!("{e}; get a new one from the token endpoint"))
             })
         }
-        Presented::Invalid => Err("the Authorization header is neither valid Basic nor Bearer".into()),
+        Presented::Invalid => Err(AuthFailure::Unauthorized(
+            "the Authorization header is neither valid Basic nor Bearer".into(),
+        )),
     }
 }
 
@@ -252,10 +315,12 @@ fn challenge_scope(repo: &RepoName, action: Action) -> String {
 /// plain upload requests.
 pub(crate) async fn authorize(state: &AppState, route: &Route, req: &mut Request) -> Result<(), Response> {
     let Some(auth) = &state.auth else { return Ok(()) };
+    let client = client_ip(req);
     let headers = req.headers();
-    let caller = match authenticate(auth, headers).await {
+    let caller = match authenticate(auth, headers, client).await {
         Ok(c) => c,
-        Err(why) => {
+        Err(AuthFailure::Refused(e)) => return Err(login_refused(e)),
+        Err(AuthFailure::Unauthorized(why)) => {
             let scope = route.repo().map(|r| challenge_scope(r, needed_action(route, req.method())));
             return Err(unauthorized(auth, headers, scope.as_deref(), false, why));
         }
@@ -384,6 +449,32 @@ pub(crate) async fn catalog(reg: &Registry, filter: &CatalogFilter, uri: &Uri) -
     Ok(discovery::listing(body, &repos, n, "/v2/_catalog"))
 }
 
+/// Password-login counters for `/metrics` (counts only: no name, no secret).
+pub(crate) fn render_metrics(auth: &Authority, out: &mut String) {
+    use std::fmt::Write as _;
+    use std::sync::atomic::Ordering::Relaxed;
+    let s = auth.login_stats();
+    let _ = writeln!(out, "# HELP wharf_auth_logins_failed_total Password logins refused after a check.");
+    let _ = writeln!(out, "# TYPE wharf_auth_logins_failed_total counter");
+    let _ = writeln!(out, "wharf_auth_logins_failed_total {}", s.failed.load(Relaxed));
+    let _ = writeln!(
+        out,
+        "# HELP wharf_auth_logins_throttled_total Password logins refused before a check: too many \
+         recent failures (by client or user), or all checks busy."
+    );
+    let _ = writeln!(out, "# TYPE wharf_auth_logins_throttled_total counter");
+    for (reason, n) in [("client", &s.throttled_client), ("user", &s.throttled_user), ("busy", &s.busy)] {
+        let _ = writeln!(out, "wharf_auth_logins_throttled_total{{reason=\"{reason}\"}} {}", n.load(Relaxed));
+    }
+    let _ = writeln!(out, "# HELP wharf_auth_password_checks_running bcrypt checks running now.");
+    let _ = writeln!(out, "# TYPE wharf_auth_password_checks_running gauge");
+    let _ = writeln!(out, "wharf_auth_password_checks_running {}", s.running.load(Relaxed));
+    let _ =
+        writeln!(out, "# HELP wharf_auth_password_checks_peak The most bcrypt checks ever running at once.");
+    let _ = writeln!(out, "# TYPE wharf_auth_password_checks_peak gauge");
+    let _ = writeln!(out, "wharf_auth_password_checks_peak {}", s.peak.load(Relaxed));
+}
+
 /// A 401 from the token endpoint: it takes basic auth.
 fn token_unauthorized(message: &str) -> Response {
     let mut resp =
@@ -429,9 +520,10 @@ pub(crate) async fn token_endpoint(State(state): State<AppState>, req: Request) 
     }
     let identity = match presented(req.headers()) {
         Presented::Nothing => Identity::Anonymous,
-        Presented::Basic(user, password) => match login(auth, user, password).await {
-            Some(id) => id,
-            None => return token_unauthorized("invalid user name or password"),
+        Presented::Basic(user, password) => match login(auth, client_ip(&req), user, password).await {
+            Ok(id) => id,
+            Err(LoginError::Invalid) => return token_unauthorized("invalid user name or password"),
+            Err(e) => return login_refused(e),
         },
         Presented::Bearer(_) | Presented::Invalid => {
             return token_unauthorized(

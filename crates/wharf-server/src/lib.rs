@@ -134,7 +134,9 @@ pub async fn serve_with_mirrors(
                     tracing::debug!(error = %e, "could not set TCP_NODELAY");
                 }
             });
-            axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+            axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
+                .with_graceful_shutdown(shutdown)
+                .await
         }
         Some(tls) => {
             // Requests came over https: say so where the scheme of this server is advertised
@@ -147,7 +149,9 @@ pub async fn serve_with_mirrors(
                 req
             }));
             let listener = tls::TlsListener::new(listener, &tls)?;
-            axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+            axum::serve(listener, router.into_make_service_with_connect_info::<auth::ClientAddr>())
+                .with_graceful_shutdown(shutdown)
+                .await
         }
     }
 }
@@ -201,6 +205,9 @@ async fn dispatch(State(state): State<AppState>, mut req: Request) -> Response {
 async fn metrics_endpoint(State(state): State<AppState>) -> Response {
     let mut text = state.metrics.render();
     state.mirrors.render_metrics(&mut text);
+    if let Some(auth) = &state.auth {
+        auth::render_metrics(auth, &mut text);
+    }
     ([("content-type", "text/plain; version=0.0.4")], text).into_response()
 }
 

@@ -503,8 +503,10 @@ mod tests {
         assert_eq!(t.realm, None);
         let authority = wharf_auth::Authority::new(cfg);
         assert!(authority.login("ci", "pw").is_some());
-        // admin is not in the file: a warning, not an error.
-        assert_eq!(authority.warnings().len(), 1, "{:?}", authority.warnings());
+        // admin is not in the file, and realm is not set: warnings, not errors.
+        let warnings = authority.warnings();
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[1].contains("auth.realm is not set"), "{warnings:?}");
 
         // No [auth]: nothing to build.
         assert!(auth_config(&ServerFile::default()).unwrap().is_none());
