@@ -31,7 +31,7 @@ pub use login::{LoginError, LoginStats};
 pub use rules::{Action, Actions, Identity, Principal, Rule, Rules};
 pub use scope::{Scope, ScopeError};
 pub use throttle::{LoginLimits, Throttled};
-pub use token::{Claims, TokenError, TokenKey};
+pub use token::{Claims, ExternalIssuer, KeyError, KeyFamily, PublicKey, TokenError, TokenKey};
 
 /// The user name of [`Authority::internal_credentials`].
 pub const INTERNAL_USER: &str = "_wharf-internal";
@@ -63,6 +63,10 @@ pub struct TokenSettings {
     /// Was the key configured (shared across restarts and replicas) or random at start?
     pub key_configured: bool,
     pub ttl: Duration,
+    /// An external token service whose tokens are accepted too (`token_issuer`, `token_keys`).
+    pub external: Option<ExternalIssuer>,
+    /// Does `/token` issue tokens here? (Off when only an external service issues them.)
+    pub builtin_issuer: bool,
 }
 
 impl TokenSettings {
@@ -74,6 +78,8 @@ impl TokenSettings {
             key: TokenKey::random(),
             key_configured: false,
             ttl: DEFAULT_TOKEN_TTL,
+            external: None,
+            builtin_issuer: true,
         }
     }
 }
@@ -297,7 +303,7 @@ impl Authority {
 
     /// [`issue`](Self::issue) at a given time (seconds since the epoch).
     pub fn issue_at(&self, id: &Identity, requested: &[Scope], now: u64) -> Option<IssuedToken> {
-        let settings = self.token.as_ref()?;
+        let settings = self.token.as_ref().filter(|t| t.builtin_issuer)?;
         let ttl = settings.ttl.as_secs().max(1);
         let claims = Claims {
             iss: ISSUER.into(),
@@ -317,14 +323,18 @@ impl Authority {
         })
     }
 
-    /// Verify a bearer token of this issuer.
+    /// Verify a bearer token: `HS256` of the built-in issuer, or an asymmetric one of the
+    /// external token service when one is configured (the header's `alg` says which).
     pub fn verify_token(&self, token: &str) -> Result<Claims, TokenError> {
         self.verify_token_at(token, now_secs())
     }
 
     pub fn verify_token_at(&self, token: &str, now: u64) -> Result<Claims, TokenError> {
         let settings = self.token.as_ref().ok_or(TokenError::WrongAudience)?;
-        token::verify(&settings.key, token, ISSUER, &settings.service, now)
+        match &settings.external {
+            Some(ext) if !token::is_hs256(token) => ext.verify(token, &settings.service, now),
+            _ => token::verify(&settings.key, token, ISSUER, &settings.service, now),
+        }
     }
 }
 

@@ -486,7 +486,8 @@ fn token_unauthorized(message: &str) -> Response {
 /// `GET /token?service=…&scope=…[&scope=…]`: the built-in token issuer. Basic auth or
 /// anonymous; grants the intersection of the asked scopes with what the rules allow.
 pub(crate) async fn token_endpoint(State(state): State<AppState>, req: Request) -> Response {
-    let Some(auth) = state.auth.as_ref().filter(|a| a.token_settings().is_some()) else {
+    let Some(auth) = state.auth.as_ref().filter(|a| a.token_settings().is_some_and(|t| t.builtin_issuer))
+    else {
         return ApiError::new(
             StatusCode::NOT_FOUND,
             ErrorCode::Unsupported,
