@@ -55,6 +55,10 @@ impl Authority {
         self
     }
 
+    pub fn login_limits(&self) -> &LoginLimits {
+        self.throttle.limits()
+    }
+
     pub fn login_stats(&self) -> &LoginStats {
         &self.stats
     }

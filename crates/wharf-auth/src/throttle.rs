@@ -42,6 +42,9 @@ pub struct LoginLimits {
     pub concurrent_checks: usize,
     /// How long a password check waits for a turn before the client is told to retry.
     pub check_wait: Duration,
+    /// Proxies in front (nginx, a balancer) whose `X-Forwarded-For` names the client; from
+    /// anyone else that header is ignored (a client would pick its own address).
+    pub trusted_proxies: Vec<IpAddr>,
 }
 
 impl Default for LoginLimits {
@@ -57,6 +60,7 @@ impl Default for LoginLimits {
             // At most half the cores hash passwords: the rest serve requests.
             concurrent_checks: (cores / 2).max(1),
             check_wait: Duration::from_secs(2),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -163,6 +167,30 @@ fn client_key(ip: IpAddr) -> u128 {
             None => u128::from(v6) & !((1u128 << 64) - 1),
         },
     }
+}
+
+/// The client a request counts for: the TCP peer, unless the peer is a trusted proxy; then
+/// the right-most address of `X-Forwarded-For` (each value, comma-separated) that is not a
+/// trusted proxy itself. Entries a proxy did not write (left of the last trusted hop) are
+/// never used.
+pub fn client_address<'a>(
+    peer: IpAddr,
+    forwarded_for: impl Iterator<Item = &'a str>,
+    limits: &LoginLimits,
+) -> IpAddr {
+    if !limits.trusted_proxies.contains(&peer) {
+        return peer;
+    }
+    let hops: Vec<&str> = forwarded_for.flat_map(|v| v.split(',')).map(str::trim).collect();
+    for hop in hops.iter().rev() {
+        match hop.parse::<IpAddr>() {
+            Ok(ip) if limits.trusted_proxies.contains(&ip) => continue,
+            Ok(ip) => return ip,
+            // Garbage where an address should be: stop at the last hop we can trust.
+            Err(_) => break,
+        }
+    }
+    peer
 }
 
 /// Failed logins per client and per user name.
@@ -373,6 +401,24 @@ mod tests {
             fail(&t, "192.0.2.9", "x", now).unwrap();
         }
         assert!(fail(&t, "::ffff:192.0.2.9", "x", now).is_err());
+    }
+
+    #[test]
+    fn forwarded_for_counts_only_behind_a_trusted_proxy() {
+        let proxy = ip("10.0.0.5");
+        let limits = LoginLimits { trusted_proxies: vec![proxy, ip("10.0.0.6")], ..limits() };
+        let xff = |v: &'static [&'static str]| v.iter().copied();
+        // Behind the proxy: the right-most hop it did not write itself.
+        assert_eq!(client_address(proxy, xff(&["192.0.2.1"]), &limits), ip("192.0.2.1"));
+        assert_eq!(client_address(proxy, xff(&["6.6.6.6, 192.0.2.1"]), &limits), ip("192.0.2.1"));
+        assert_eq!(client_address(proxy, xff(&["6.6.6.6", "192.0.2.1, 10.0.0.6"]), &limits), ip("192.0.2.1"));
+        // Nothing usable: the proxy itself.
+        assert_eq!(client_address(proxy, xff(&[]), &limits), proxy);
+        assert_eq!(client_address(proxy, xff(&["nonsense"]), &limits), proxy);
+        // Anyone else chooses nothing with the header.
+        let client = ip("192.0.2.9");
+        assert_eq!(client_address(client, xff(&["1.2.3.4"]), &limits), client);
+        assert_eq!(client_address(proxy, xff(&["1.2.3.4"]), &LoginLimits::default()), proxy);
     }
 
     #[test]

@@ -130,14 +130,17 @@ impl Connected<IncomingStream<'_, crate::tls::TlsListener>> for ClientAddr {
     }
 }
 
-/// The address the request came from (the TCP peer: behind a proxy, the proxy's), which
-/// the login throttle counts by.
-fn client_ip(req: &Request) -> IpAddr {
+/// The address the request came from: the TCP peer, or the client a trusted proxy names in
+/// `X-Forwarded-For` (`[auth] trusted_proxies`). The login throttle counts by it.
+fn client_ip(auth: &Authority, req: &Request) -> IpAddr {
     let ext = req.extensions();
-    ext.get::<ConnectInfo<SocketAddr>>()
+    let peer = ext
+        .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(addr)| addr.ip())
         .or_else(|| ext.get::<ConnectInfo<ClientAddr>>().map(|ConnectInfo(ClientAddr(addr))| addr.ip()))
-        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let forwarded = req.headers().get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok());
+    wharf_auth::throttle::client_address(peer, forwarded, auth.login_limits())
 }
 
 /// Check a password (throttled, capped; see `Authority::password_login`). Failures are
@@ -315,7 +318,7 @@ fn challenge_scope(repo: &RepoName, action: Action) -> String {
 /// plain upload requests.
 pub(crate) async fn authorize(state: &AppState, route: &Route, req: &mut Request) -> Result<(), Response> {
     let Some(auth) = &state.auth else { return Ok(()) };
-    let client = client_ip(req);
+    let client = client_ip(auth, req);
     let headers = req.headers();
     let caller = match authenticate(auth, headers, client).await {
         Ok(c) => c,
@@ -521,7 +524,7 @@ pub(crate) async fn token_endpoint(State(state): State<AppState>, req: Request) 
     }
     let identity = match presented(req.headers()) {
         Presented::Nothing => Identity::Anonymous,
-        Presented::Basic(user, password) => match login(auth, client_ip(&req), user, password).await {
+        Presented::Basic(user, password) => match login(auth, client_ip(auth, &req), user, password).await {
             Ok(id) => id,
             Err(LoginError::Invalid) => return token_unauthorized("invalid user name or password"),
             Err(e) => return login_refused(e),

@@ -156,6 +156,9 @@ pub struct AuthFile {
     /// Its public keys: PEM certificates or public keys (bundles too), or JWKS files.
     #[serde(default)]
     pub token_keys: Vec<PathBuf>,
+    /// Proxies whose `X-Forwarded-For` names the client the login throttle counts.
+    #[serde(default)]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     /// First matching pattern wins; no match = no access.
     #[serde(default)]
     pub rules: Vec<AuthRuleFile>,
@@ -173,6 +176,7 @@ impl std::fmt::Debug for AuthFile {
             .field("token_service", &self.token_service)
             .field("token_realm", &self.token_realm)
             .field("token_keys", &self.token_keys)
+            .field("trusted_proxies", &self.trusted_proxies)
             .field("rules", &self.rules)
             .finish()
     }
@@ -394,6 +398,12 @@ pub fn auth_config(file: &ServerFile) -> anyhow::Result<Option<AuthConfig>> {
         None
     };
     Ok(Some(AuthConfig { htpasswd, rules, token }))
+}
+
+/// The login throttle's limits: the defaults, with `[auth] trusted_proxies`.
+pub fn login_limits(file: &ServerFile) -> wharf_auth::LoginLimits {
+    let trusted_proxies = file.auth.as_ref().map(|a| a.trusted_proxies.clone()).unwrap_or_default();
+    wharf_auth::LoginLimits { trusted_proxies, ..Default::default() }
 }
 
 /// A value set under either of two names (`service` / `token_service`): at most one value.

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use wharf_registry::{DEFAULT_GRACE, GarbageCollector, Registry};
 
-use crate::config::{auth_config, mirror_specs, registry_config, tls_config};
+use crate::config::{auth_config, login_limits, mirror_specs, registry_config, tls_config};
 use crate::stores::{Open, StoreArgs, Stores};
 
 #[derive(Debug, clap::Args)]
@@ -40,7 +40,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let file = stores.load_config()?;
     let addr = args.addr.or(file.addr.clone()).unwrap_or_else(|| "127.0.0.1:5000".into());
     let config = registry_config(&file, args.index_policy.as_deref())?;
-    let mut auth = auth_config(&file)?.map(wharf_server::wharf_auth::Authority::new);
+    let mut auth = auth_config(&file)?
+        .map(|c| wharf_server::wharf_auth::Authority::new(c).with_login_limits(login_limits(&file)));
     let tls = tls_config(&file, args.tls_cert.as_deref(), args.tls_key.as_deref())?;
     let mirrors = mirror_specs(&file)?;
     let board = crate::mirror_runs::board(&mirrors)?;

@@ -67,6 +67,41 @@ async fn forty_wrong_passwords_in_a_row_are_not_all_checked() {
     assert_eq!(s.send(Method::GET, "/healthz", &Creds::Anonymous).await.status(), StatusCode::OK);
 }
 
+/// [`throttled_token_auth`] behind a proxy on 127.0.0.1 (the test client).
+fn behind_a_proxy() -> Authority {
+    let limits = LoginLimits {
+        backoff: Duration::from_secs(60),
+        trusted_proxies: vec!["127.0.0.1".parse().unwrap()],
+        ..LoginLimits::default()
+    };
+    Authority::new(token_auth()).with_login_limits(limits)
+}
+
+async fn wrong_login_from(s: &AuthServer, forwarded_for: &str) -> StatusCode {
+    s.req(Method::GET, "/v2/", &WRONG).header("x-forwarded-for", forwarded_for).send().await.unwrap().status()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_for_names_the_client_only_behind_a_trusted_proxy() {
+    // Behind a trusted proxy, each client has its own count.
+    let s = AuthServer::over(Server::start_with_authority(Backend::Sqlite, behind_a_proxy).await);
+    for _ in 0..5 {
+        assert_eq!(wrong_login_from(&s, "192.0.2.1").await, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(wrong_login_from(&s, "192.0.2.1").await, StatusCode::TOO_MANY_REQUESTS);
+    // A client cannot pick its way out: the proxy appends the address it saw, and that counts.
+    assert_eq!(wrong_login_from(&s, "198.51.100.7, 192.0.2.1").await, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(wrong_login_from(&s, "192.0.2.2").await, StatusCode::UNAUTHORIZED);
+
+    // Without a trusted proxy the header means nothing: the peer's count applies.
+    let s = start_throttled().await;
+    let mut statuses = Vec::new();
+    for i in 0..8 {
+        statuses.push(wrong_login_from(&s, &format!("192.0.2.{i}")).await);
+    }
+    assert_eq!(&statuses[5..], &[StatusCode::TOO_MANY_REQUESTS; 3], "{statuses:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_logins_does_not_hold_up_other_requests() {
     let s = start_throttled().await;
