@@ -181,3 +181,63 @@ async fn external_tokens_of_unknown_keys_and_algorithm_tricks_are_refused() {
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{what}");
     }
 }
+
+/// The testkit's token service (the one distribution 2.8 trusts in the testkit): ES256, its
+/// key in a self-signed certificate, a libtrust `kid`, every asked scope granted anonymously.
+fn testkit_issuer() -> &'static (tempfile::TempDir, wharf_testkit::TokenIssuer) {
+    static ISSUER: OnceLock<(tempfile::TempDir, wharf_testkit::TokenIssuer)> = OnceLock::new();
+    ISSUER.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let issuer = wharf_testkit::TokenIssuer::start(dir.path(), None);
+        (dir, issuer)
+    })
+}
+
+fn testkit_auth() -> AuthConfig {
+    let (dir, issuer) = testkit_issuer();
+    let cert = std::fs::read_to_string(dir.path().join("cert.pem")).unwrap();
+    AuthConfig {
+        htpasswd: None,
+        rules: Vec::new(),
+        token: Some(TokenSettings {
+            service: wharf_testkit::TOKEN_SERVICE.into(),
+            realm: Some(issuer.realm.clone()),
+            external: Some(ExternalIssuer {
+                issuer: wharf_testkit::TOKEN_ISSUER.into(),
+                keys: PublicKey::parse_file(&cert, "cert.pem").unwrap(),
+            }),
+            builtin_issuer: false,
+            ..TokenSettings::new()
+        }),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skopeo_pushes_and_pulls_with_tokens_of_an_external_service() {
+    let s = AuthServer::start(Backend::Sqlite, testkit_auth).await;
+    let host = s.base.trim_start_matches("http://").to_owned();
+    let image = wharf_testkit::TestImage::builder().seed(13).build();
+    let dir = tempfile::tempdir().unwrap();
+    image.write_oci_layout(dir.path());
+    let src = image.oci_ref(dir.path());
+    let dest = format!("docker://{host}/team/app:v1");
+    let raw = tokio::task::spawn_blocking(move || {
+        wharf_testkit::run_ok(wharf_testkit::skopeo([
+            "copy",
+            "--all",
+            "--dest-tls-verify=false",
+            &src,
+            &dest,
+        ]));
+        wharf_testkit::skopeo_inspect_raw(&dest)
+    })
+    .await
+    .unwrap();
+    assert_eq!(raw, image.index.bytes, "the index comes back byte for byte");
+    // skopeo got its tokens from the external service, not from this registry.
+    let asked = testkit_issuer().1.requests();
+    assert!(asked.iter().any(|q| q.contains("team%2Fapp") || q.contains("team/app")), "{asked:?}");
+    // Without a token: asked to get one there.
+    let resp = s.send(Method::GET, "/v2/team/app/manifests/v1", &Creds::Anonymous).await;
+    assert!(challenge(&resp).starts_with(&format!("Bearer realm=\"{}\"", testkit_issuer().1.realm)));
+}
