@@ -8,12 +8,16 @@
 //! - the built-in token issuer: HS256 JWTs carrying the granted scopes ([`token`]);
 //! - [`Directory`]: users and groups from an LDAP directory (`[auth.ldap]`), beside or
 //!   instead of the htpasswd file;
-//! - [`Authority`]: all of it together, as the server uses it.
+//! - [`Authority`]: all of it together, as the server uses it;
+//! - password logins throttled per client and per user, and bcrypt checks capped
+//!   ([`throttle`], [`Authority::password_login`]).
 
 mod htpasswd;
 mod ldap;
+mod login;
 mod rules;
 mod scope;
+pub mod throttle;
 pub mod token;
 
 use std::collections::HashMap;
@@ -25,11 +29,13 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use wharf_oci::RepoName;
 
-pub use htpasswd::{Htpasswd, HtpasswdError};
+pub use htpasswd::{Htpasswd, HtpasswdError, MAX_COST};
 pub use ldap::{Directory, DirectoryError, DirectoryUser, LdapConfig, LdapConfigError};
+pub use login::{LoginError, LoginStats};
 pub use rules::{Action, Actions, Identity, Principal, Rule, Rules};
 pub use scope::{Scope, ScopeError};
-pub use token::{Claims, TokenError, TokenKey};
+pub use throttle::{LoginLimits, Throttled};
+pub use token::{Claims, ExternalIssuer, KeyError, KeyFamily, PublicKey, TokenError, TokenKey};
 
 /// The user name of [`Authority::internal_credentials`].
 pub const INTERNAL_USER: &str = "_wharf-internal";
@@ -61,6 +67,10 @@ pub struct TokenSettings {
     /// Was the key configured (shared across restarts and replicas) or random at start?
     pub key_configured: bool,
     pub ttl: Duration,
+    /// An external token service whose tokens are accepted too (`token_issuer`, `token_keys`).
+    pub external: Option<ExternalIssuer>,
+    /// Does `/token` issue tokens here? (Off when only an external service issues them.)
+    pub builtin_issuer: bool,
 }
 
 impl TokenSettings {
@@ -72,6 +82,8 @@ impl TokenSettings {
             key: TokenKey::random(),
             key_configured: false,
             ttl: DEFAULT_TOKEN_TTL,
+            external: None,
+            builtin_issuer: true,
         }
     }
 }
@@ -114,6 +126,10 @@ pub struct Authority {
     internal: Option<String>,
     /// `[auth.ldap]`: users who are not in the htpasswd file.
     directory: Option<Directory>,
+    /// Failed logins per client and user, the cap on concurrent bcrypt checks, counters.
+    throttle: throttle::LoginThrottle,
+    checks: tokio::sync::Semaphore,
+    stats: LoginStats,
 }
 
 impl Authority {
@@ -125,6 +141,9 @@ impl Authority {
             cache: LoginCache::new(),
             internal: None,
             directory: None,
+            throttle: throttle::LoginThrottle::new(LoginLimits::default()),
+            checks: tokio::sync::Semaphore::new(LoginLimits::default().concurrent_checks),
+            stats: LoginStats::default(),
         }
     }
 
@@ -186,6 +205,23 @@ impl Authority {
                 i + 1
             ));
         }
+        if let Some(costs) = self.htpasswd.as_ref().map(Htpasswd::costs).filter(|c| c.len() > 1) {
+            let max = costs.last().map_or(0, |c| c.0);
+            let listed: Vec<String> = costs.iter().map(|(c, n)| format!("{n} at cost {c}")).collect();
+            out.push(format!(
+                "the htpasswd file mixes bcrypt costs ({}): every login is checked at cost {max}'s price \
+                 so that its time tells nothing; rehash the others at one cost",
+                listed.join(", ")
+            ));
+        }
+        if self.token.as_ref().is_some_and(|t| t.realm.is_none()) {
+            out.push(
+                "auth.realm is not set: the token endpoint advertised to clients is built from each \
+                 request's Host and X-Forwarded-Proto headers, which a client or a proxy chooses; set \
+                 realm to the public https:// URL of /token in production (see docs/OPERATIONS.md)"
+                    .into(),
+            );
+        }
         out
     }
 
@@ -238,8 +274,7 @@ impl Authority {
         if let Some(id) = self.cached_login(&user, &password) {
             return Ok(Some(id));
         }
-        let in_file = self.htpasswd.as_ref().is_some_and(|h| h.contains(&user));
-        let Some(directory) = self.directory.as_ref().filter(|_| !in_file && user != INTERNAL_USER) else {
+        let Some(directory) = self.directory_for(&user) else {
             let a = self.clone();
             return Ok(tokio::task::spawn_blocking(move || a.login(&user, &password)).await.ok().flatten());
         };
@@ -247,6 +282,17 @@ impl Authority {
         let id = Identity::Member { user: user.clone(), groups: found.groups };
         self.cache.put(&user, &password, &id);
         Ok(Some(id))
+    }
+
+    /// The directory that checks `user`'s password: none for users of the htpasswd file
+    /// (checked there first) and for the internal user.
+    pub(crate) fn directory_for(&self, user: &str) -> Option<&Directory> {
+        let in_file = self.htpasswd.as_ref().is_some_and(|h| h.contains(user));
+        self.directory.as_ref().filter(|_| !in_file && user != INTERNAL_USER)
+    }
+
+    pub(crate) fn cache_login(&self, user: &str, password: &str, id: &Identity) {
+        self.cache.put(user, password, id);
     }
 
     /// What `id` may do on `repo`, by the rules.
@@ -319,7 +365,7 @@ impl Authority {
 
     /// [`issue`](Self::issue) at a given time (seconds since the epoch).
     pub fn issue_at(&self, id: &Identity, requested: &[Scope], now: u64) -> Option<IssuedToken> {
-        let settings = self.token.as_ref()?;
+        let settings = self.token.as_ref().filter(|t| t.builtin_issuer)?;
         let ttl = settings.ttl.as_secs().max(1);
         let claims = Claims {
             iss: ISSUER.into(),
@@ -339,14 +385,18 @@ impl Authority {
         })
     }
 
-    /// Verify a bearer token of this issuer.
+    /// Verify a bearer token: `HS256` of the built-in issuer, or an asymmetric one of the
+    /// external token service when one is configured (the header's `alg` says which).
     pub fn verify_token(&self, token: &str) -> Result<Claims, TokenError> {
         self.verify_token_at(token, now_secs())
     }
 
     pub fn verify_token_at(&self, token: &str, now: u64) -> Result<Claims, TokenError> {
         let settings = self.token.as_ref().ok_or(TokenError::WrongAudience)?;
-        token::verify(&settings.key, token, ISSUER, &settings.service, now)
+        match &settings.external {
+            Some(ext) if !token::is_hs256(token) => ext.verify(token, &settings.service, now),
+            _ => token::verify(&settings.key, token, ISSUER, &settings.service, now),
+        }
     }
 }
 

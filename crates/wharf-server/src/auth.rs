@@ -20,17 +20,24 @@
 //! proved who they are is not allowed, 503 `UNAVAILABLE` when the LDAP directory cannot
 //! check a password (down or slow). `/healthz` and `/metrics` are not behind auth.
 //!
+//! Password logins go through `Authority::password_login`: failures are throttled per client
+//! address and per user name (`429 TOOMANYREQUESTS` with `Retry-After`, before any bcrypt),
+//! and bcrypt checks are capped (`503 UNAVAILABLE` with `Retry-After` when none frees up
+//! soon), so `/healthz` and token requests never queue behind them. A user name is a
+//! client's string: it reaches a log line only `Debug`-escaped (no forged lines).
+//!
 //! `/v2/` answers 401 to a request without credentials even when some repositories are
 //! public: clients (containers/image, docker) learn the auth scheme from that answer only,
 //! and would otherwise never send credentials. Anonymous clients then pull public
 //! repositories with an anonymous token, or with empty basic credentials.
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use wharf_auth::{Action, Authority, Claims, DirectoryError, Identity, Scope};
+use wharf_auth::{Action, Authority, Claims, Identity, LoginError, Scope};
 use wharf_oci::{ErrorCode, RepoName, Route};
 use wharf_registry::Registry;
 
@@ -112,61 +119,93 @@ fn presented(headers: &HeaderMap) -> Presented {
     }
 }
 
-/// Check a password: from the cache of recent successes, else bcrypt off the executor or
-/// the LDAP directory. Failures are logged with the user name only.
+/// The address the request came from: the TCP peer, or the client a trusted proxy names in
+/// `X-Forwarded-For` (`[auth] trusted_proxies`). The login throttle counts by it.
+fn client_ip(auth: &Authority, req: &Request) -> IpAddr {
+    let ext = req.extensions();
+    // Set by `conn.rs` for every connection, plain or TLS.
+    let peer = ext
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let forwarded = req.headers().get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok());
+    wharf_auth::throttle::client_address(peer, forwarded, auth.login_limits())
+}
+
+/// Check a password (throttled, capped; see `Authority::password_login`). Failures are
+/// logged with the user name escaped, never the password.
 async fn login(
     auth: &Arc<Authority>,
+    client: IpAddr,
     user: String,
     password: String,
-) -> Result<Option<Identity>, DirectoryError> {
+) -> Result<Identity, LoginError> {
     let name = user.clone();
-    let id = auth.authenticate(user, password).await;
-    match &id {
-        Ok(None) => tracing::info!(user = %name, "failed login: unknown user or wrong password"),
-        Err(e) => {
-            tracing::warn!(user = %name, error = %e, "login not checked: LDAP directory unavailable (503)")
+    let outcome = auth.password_login(client, user, password).await;
+    match &outcome {
+        Ok(_) => {}
+        Err(LoginError::Invalid) => {
+            tracing::info!(user = ?name, %client, "failed login: unknown user or wrong password");
         }
-        Ok(Some(_)) => {}
+        Err(e @ LoginError::Directory(_)) => {
+            tracing::warn!(user = ?name, %client, error = %e, "login not checked: LDAP directory unavailable (503)");
+        }
+        Err(e) => tracing::debug!(user = ?name, %client, error = %e, "login refused before checking"),
     }
-    id
+    outcome
 }
 
-/// Why a request's credentials were not accepted.
-enum Refusal {
-    /// Missing, wrong or unusable credentials: 401.
-    Credentials(String),
-    /// The directory could not check them: 503.
-    Unavailable(DirectoryError),
+/// Why authentication failed: a 401 with a challenge, or a login refused for now.
+enum AuthFailure {
+    Unauthorized(String),
+    Refused(LoginError),
 }
 
-impl From<String> for Refusal {
-    fn from(why: String) -> Refusal {
-        Refusal::Credentials(why)
-    }
+/// `429` (throttled) or `503` (busy, or the directory cannot answer) in the spec's error
+/// format, with `Retry-After`.
+fn login_refused(e: LoginError) -> Response {
+    let (status, code) = match e {
+        LoginError::Busy | LoginError::Directory(_) => {
+            (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)
+        }
+        _ => (StatusCode::TOO_MANY_REQUESTS, ErrorCode::TooManyRequests),
+    };
+    let mut resp = ApiError::new(status, code, e.to_string()).into_response();
+    let secs = e.retry_after().map_or(1, |d| d.as_secs_f64().ceil().max(1.0) as u64);
+    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    resp
 }
 
-async fn authenticate(auth: &Arc<Authority>, headers: &HeaderMap) -> Result<Caller, Refusal> {
+async fn authenticate(
+    auth: &Arc<Authority>,
+    headers: &HeaderMap,
+    client: IpAddr,
+) -> Result<Caller, AuthFailure> {
     match presented(headers) {
         Presented::Nothing => Ok(Caller::Anonymous),
-        Presented::Basic(user, password) => match login(auth, user, password).await {
-            Ok(Some(id @ (Identity::User(_) | Identity::Member { .. }))) => Ok(Caller::User(id)),
-            Ok(Some(Identity::Anonymous)) => Ok(Caller::Anonymous),
-            Ok(Some(Identity::Internal)) => Ok(Caller::Internal),
-            Ok(None) => Err(Refusal::Credentials("invalid user name or password".into())),
-            Err(e) => Err(Refusal::Unavailable(e)),
+        Presented::Basic(user, password) => match login(auth, client, user, password).await {
+            Ok(id @ (Identity::User(_) | Identity::Member { .. })) => Ok(Caller::User(id)),
+            Ok(Identity::Anonymous) => Ok(Caller::Anonymous),
+            Ok(Identity::Internal) => Ok(Caller::Internal),
+            Err(LoginError::Invalid) => {
+                Err(AuthFailure::Unauthorized("invalid user name or password".into()))
+            }
+            Err(e) => Err(AuthFailure::Refused(e)),
         },
         Presented::Bearer(token) => {
             if auth.token_settings().is_none() {
-                return Err("this registry takes basic auth, not bearer tokens".to_owned().into());
+                return Err(AuthFailure::Unauthorized(
+                    "this registry takes basic auth, not bearer tokens".into(),
+                ));
             }
             auth.verify_token(&token).map(|c| Caller::Token(Box::new(c))).map_err(|e| {
                 tracing::debug!(error = %e, "bearer token refused");
-                Refusal::Credentials(format!("{e}; get a new one from the token endpoint"))
+                AuthFailure::Unauthorized(format!("{e}; get a new one from the token endpoint"))
             })
         }
-        Presented::Invalid => {
-            Err("the Authorization header is neither valid Basic nor Bearer".to_owned().into())
-        }
+        Presented::Invalid => Err(AuthFailure::Unauthorized(
+            "the Authorization header is neither valid Basic nor Bearer".into(),
+        )),
     }
 }
 
@@ -274,11 +313,12 @@ fn challenge_scope(repo: &RepoName, action: Action) -> String {
 /// plain upload requests.
 pub(crate) async fn authorize(state: &AppState, route: &Route, req: &mut Request) -> Result<(), Response> {
     let Some(auth) = &state.auth else { return Ok(()) };
+    let client = client_ip(auth, req);
     let headers = req.headers();
-    let caller = match authenticate(auth, headers).await {
+    let caller = match authenticate(auth, headers, client).await {
         Ok(c) => c,
-        Err(Refusal::Unavailable(e)) => return Err(ApiError::from(e).into_response()),
-        Err(Refusal::Credentials(why)) => {
+        Err(AuthFailure::Refused(e)) => return Err(login_refused(e)),
+        Err(AuthFailure::Unauthorized(why)) => {
             let scope = route.repo().map(|r| challenge_scope(r, needed_action(route, req.method())));
             return Err(unauthorized(auth, headers, scope.as_deref(), false, why));
         }
@@ -347,7 +387,7 @@ pub(crate) async fn authorize(state: &AppState, route: &Route, req: &mut Request
     }
     // Who pushed or deleted, for the webhook events of the handler.
     let actor = match caller.identity() {
-        Identity::User(u) => Some(u),
+        Identity::User(u) | Identity::Member { user: u, .. } => Some(u),
         Identity::Internal => Some("wharf".to_owned()),
         Identity::Anonymous => None,
     };
@@ -420,6 +460,51 @@ pub(crate) async fn catalog(reg: &Registry, filter: &CatalogFilter, uri: &Uri) -
     Ok(discovery::listing(body, &repos, n, "/v2/_catalog"))
 }
 
+/// Password-login counters for `/metrics` (counts only: no name, no secret).
+pub(crate) fn encode_metrics(
+    auth: &Authority,
+    e: &mut prometheus_client::encoding::DescriptorEncoder,
+) -> std::fmt::Result {
+    use prometheus_client::metrics::MetricType::{Counter, Gauge};
+    use std::sync::atomic::Ordering::Relaxed;
+
+    use crate::metrics::family;
+    let s = auth.login_stats();
+    let n = |v: &std::sync::atomic::AtomicU64| v.load(Relaxed);
+    family(
+        e,
+        "wharf_auth_logins_failed",
+        "Password logins refused after a check.",
+        Counter,
+        [(vec![], n(&s.failed))],
+    )?;
+    family(
+        e,
+        "wharf_auth_logins_throttled",
+        "Password logins refused before a check: too many recent failures (by client or user), or all checks busy.",
+        Counter,
+        [
+            (vec![("reason", "client")], n(&s.throttled_client)),
+            (vec![("reason", "user")], n(&s.throttled_user)),
+            (vec![("reason", "busy")], n(&s.busy)),
+        ],
+    )?;
+    family(
+        e,
+        "wharf_auth_password_checks_running",
+        "bcrypt checks running now.",
+        Gauge,
+        [(vec![], s.running.load(Relaxed) as u64)],
+    )?;
+    family(
+        e,
+        "wharf_auth_password_checks_peak",
+        "The most bcrypt checks ever running at once.",
+        Gauge,
+        [(vec![], s.peak.load(Relaxed) as u64)],
+    )
+}
+
 /// A 401 from the token endpoint: it takes basic auth.
 fn token_unauthorized(message: &str) -> Response {
     let mut resp =
@@ -431,7 +516,8 @@ fn token_unauthorized(message: &str) -> Response {
 /// `GET /token?service=…&scope=…[&scope=…]`: the built-in token issuer. Basic auth or
 /// anonymous; grants the intersection of the asked scopes with what the rules allow.
 pub(crate) async fn token_endpoint(State(state): State<AppState>, req: Request) -> Response {
-    let Some(auth) = state.auth.as_ref().filter(|a| a.token_settings().is_some()) else {
+    let Some(auth) = state.auth.as_ref().filter(|a| a.token_settings().is_some_and(|t| t.builtin_issuer))
+    else {
         return ApiError::new(
             StatusCode::NOT_FOUND,
             ErrorCode::Unsupported,
@@ -465,10 +551,10 @@ pub(crate) async fn token_endpoint(State(state): State<AppState>, req: Request) 
     }
     let identity = match presented(req.headers()) {
         Presented::Nothing => Identity::Anonymous,
-        Presented::Basic(user, password) => match login(auth, user, password).await {
-            Ok(Some(id)) => id,
-            Ok(None) => return token_unauthorized("invalid user name or password"),
-            Err(e) => return ApiError::from(e).into_response(),
+        Presented::Basic(user, password) => match login(auth, client_ip(auth, &req), user, password).await {
+            Ok(id) => id,
+            Err(LoginError::Invalid) => return token_unauthorized("invalid user name or password"),
+            Err(e) => return login_refused(e),
         },
         Presented::Bearer(_) | Presented::Invalid => {
             return token_unauthorized(

@@ -69,7 +69,7 @@ pub(crate) async fn serve<L>(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()>
 where
-    L: axum::serve::Listener,
+    L: axum::serve::Listener<Addr = std::net::SocketAddr>,
     L::Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let max = limits.max_connections.clamp(1, Semaphore::MAX_PERMITS);
@@ -91,7 +91,7 @@ where
             },
             _ = &mut shutdown => break,
         };
-        let (io, _peer) = tokio::select! {
+        let (io, peer) = tokio::select! {
             conn = listener.accept() => conn,
             _ = &mut shutdown => break,
         };
@@ -107,7 +107,9 @@ where
         let idle = limits.body_idle_timeout;
         let write_idle = limits.write_idle_timeout;
         let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-            let req: Request = req.map(|body| Body::new(IdleBody::new(body, idle)));
+            let mut req: Request = req.map(|body| Body::new(IdleBody::new(body, idle)));
+            // The peer, for the login throttle (`auth.rs`), as axum's `ConnectInfo` would give it.
+            req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
             let svc = TowerToHyperService::new(router.clone());
             async move { hyper::service::Service::call(&svc, req).await }
         });

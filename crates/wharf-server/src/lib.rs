@@ -232,6 +232,7 @@ async fn metrics_endpoint(State(state): State<AppState>) -> Response {
         metrics: state.metrics.clone(),
         mirrors: state.mirrors.clone(),
         webhooks: webhooks::Figures::read(&state.registry).await,
+        auth: state.auth.clone(),
     }
     .render();
     ([("content-type", metrics::CONTENT_TYPE)], text).into_response()

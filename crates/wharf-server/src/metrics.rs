@@ -132,6 +132,8 @@ pub(crate) struct Scrape {
     pub metrics: Arc<Metrics>,
     pub mirrors: Arc<MirrorBoard>,
     pub webhooks: crate::webhooks::Figures,
+    /// Login counters, with `[auth]`.
+    pub auth: Option<Arc<wharf_auth::Authority>>,
 }
 
 impl std::fmt::Debug for Scrape {
@@ -144,6 +146,9 @@ impl Collector for Scrape {
     fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
         self.metrics.encode(&mut e)?;
         self.mirrors.encode_metrics(&mut e)?;
+        if let Some(auth) = &self.auth {
+            crate::auth::encode_metrics(auth, &mut e)?;
+        }
         self.webhooks.encode(&mut e)
     }
 }
@@ -169,8 +174,13 @@ mod tests {
         let m = Metrics::default();
         m.record(3, &Method::GET, "/v2/a/manifests/v1", 200, Duration::from_millis(2));
         m.record(3, &Method::GET, "/v2/a/manifests/v2", 404, Duration::from_millis(30));
-        let text = Scrape { metrics: Arc::new(m), mirrors: Default::default(), webhooks: Default::default() }
-            .render();
+        let text = Scrape {
+            metrics: Arc::new(m),
+            mirrors: Default::default(),
+            webhooks: Default::default(),
+            auth: None,
+        }
+        .render();
         assert!(text.contains("# TYPE wharf_http_requests counter"), "{text}");
         assert!(text.contains("wharf_http_request_duration_seconds_bucket{le=\"+Inf\"} 2"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");

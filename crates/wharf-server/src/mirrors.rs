@@ -382,6 +382,7 @@ mod tests {
             metrics: Default::default(),
             mirrors: std::sync::Arc::new(b),
             webhooks: Default::default(),
+            auth: None,
         }
         .render();
         assert!(

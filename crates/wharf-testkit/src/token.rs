@@ -38,7 +38,8 @@ pub struct TokenIssuer {
 
 impl TokenIssuer {
     /// Writes `cert.pem` (the registry's root certificate bundle) into `dir` and starts serving.
-    pub(crate) fn start(dir: &Path, credentials: Option<(String, String)>) -> TokenIssuer {
+    /// Also an external token service for Wharf (`[auth] token_keys = [".../cert.pem"]`).
+    pub fn start(dir: &Path, credentials: Option<(String, String)>) -> TokenIssuer {
         let key = SigningKey::from_bytes(&Sha256::digest(b"wharf-testkit token issuer key"))
             .expect("valid P-256 scalar");
         let key_pem = dir.join("token-key.pem");

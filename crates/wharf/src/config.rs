@@ -209,6 +209,18 @@ pub struct AuthFile {
     pub service: Option<String>,
     /// Secret that signs tokens [default: random at each start].
     pub token_key: Option<String>,
+    /// An external token service, as distribution's `auth: token`: the `iss` of its tokens.
+    pub token_issuer: Option<String>,
+    /// The `service` (`aud`) its tokens are for [default: `service`, else "wharf"].
+    pub token_service: Option<String>,
+    /// Where clients get its tokens (the `realm` of challenges).
+    pub token_realm: Option<String>,
+    /// Its public keys: PEM certificates or public keys (bundles too), or JWKS files.
+    #[serde(default)]
+    pub token_keys: Vec<PathBuf>,
+    /// Proxies whose `X-Forwarded-For` names the client the login throttle counts.
+    #[serde(default)]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     /// First matching pattern wins; no match = no access.
     #[serde(default)]
     pub rules: Vec<AuthRuleFile>,
@@ -272,6 +284,11 @@ impl std::fmt::Debug for AuthFile {
             .field("realm", &self.realm)
             .field("service", &self.service)
             .field("token_key", &self.token_key.as_ref().map(|_| "<redacted>"))
+            .field("token_issuer", &self.token_issuer)
+            .field("token_service", &self.token_service)
+            .field("token_realm", &self.token_realm)
+            .field("token_keys", &self.token_keys)
+            .field("trusted_proxies", &self.trusted_proxies)
             .field("rules", &self.rules)
             .field("ldap", &self.ldap)
             .finish()
@@ -451,18 +468,31 @@ pub fn auth_config(file: &ServerFile) -> anyhow::Result<Option<AuthConfig>> {
                 .map_err(|e| anyhow!("auth.rules[{i}] (pattern {:?}): {e}", r.pattern))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let token = if a.token {
+    let external = external_issuer(a)?;
+    let token = if a.token || external.is_some() {
         let mut t = TokenSettings::new();
-        if let Some(service) = &a.service {
-            check_quotable("service", service)?;
+        let service = one_of("service", &a.service, "token_service", &a.token_service)?;
+        if let Some((name, service)) = service {
+            check_quotable(name, service)?;
             t.service = service.clone();
         }
-        if let Some(realm) = &a.realm {
-            check_quotable("realm", realm)?;
+        let realm = one_of("realm", &a.realm, "token_realm", &a.token_realm)?;
+        if let Some((name, realm)) = realm {
+            check_quotable(name, realm)?;
             if !(realm.starts_with("http://") || realm.starts_with("https://")) {
-                bail!("auth.realm {realm:?} must be the token endpoint's http:// or https:// URL");
+                bail!("auth.{name} {realm:?} must be the token endpoint's http:// or https:// URL");
             }
             t.realm = Some(realm.clone());
+        } else if !a.token {
+            bail!(
+                "auth.token_realm is needed with token_keys: the URL where clients get the external service's tokens"
+            );
+        }
+        t.external = external;
+        // Without `token = true` only the external service issues tokens.
+        t.builtin_issuer = a.token;
+        if !a.token && a.token_key.is_some() {
+            bail!("auth.token_key signs the built-in issuer's tokens: add `token = true` or remove it");
         }
         if let Some(secret) = &a.token_key {
             t.key = TokenKey::from_secret(secret).map_err(|e| anyhow!("auth.{e}"))?;
@@ -487,7 +517,7 @@ pub fn auth_config(file: &ServerFile) -> anyhow::Result<Option<AuthConfig>> {
 /// The [`Authority`] of `[auth]`, with its `[auth.ldap]` directory. `None`: no `[auth]`.
 pub fn authority(file: &ServerFile) -> anyhow::Result<Option<Authority>> {
     let Some(config) = auth_config(file)? else { return Ok(None) };
-    let mut authority = Authority::new(config);
+    let mut authority = Authority::new(config).with_login_limits(login_limits(file));
     if let Some(l) = file.auth.as_ref().and_then(|a| a.ldap.as_ref()) {
         authority = authority.with_directory(ldap_directory(l)?);
     }
@@ -524,6 +554,67 @@ fn ldap_directory(l: &LdapFile) -> anyhow::Result<wharf_auth::Directory> {
         c.timeout = wharf_sync::parse_duration(t).map_err(|e| anyhow!("auth.ldap.timeout: {e}"))?;
     }
     Ok(wharf_auth::Directory::new(c)?)
+}
+
+/// The login throttle's limits: the defaults, with `[auth] trusted_proxies`.
+pub fn login_limits(file: &ServerFile) -> wharf_auth::LoginLimits {
+    let trusted_proxies = file.auth.as_ref().map(|a| a.trusted_proxies.clone()).unwrap_or_default();
+    wharf_auth::LoginLimits { trusted_proxies, ..Default::default() }
+}
+
+/// A value set under either of two names (`service` / `token_service`): at most one value.
+fn one_of<'a>(
+    a: &'static str,
+    va: &'a Option<String>,
+    b: &'static str,
+    vb: &'a Option<String>,
+) -> anyhow::Result<Option<(&'static str, &'a String)>> {
+    match (va, vb) {
+        (Some(x), Some(y)) if x != y => bail!("auth.{a} {x:?} and auth.{b} {y:?} differ: set one of them"),
+        (_, Some(y)) => Ok(Some((b, y))),
+        (Some(x), None) => Ok(Some((a, x))),
+        (None, None) => Ok(None),
+    }
+}
+
+/// `token_issuer` and `token_keys` (read and parsed now): an external token service.
+fn external_issuer(a: &AuthFile) -> anyhow::Result<Option<wharf_auth::ExternalIssuer>> {
+    match (&a.token_issuer, a.token_keys.is_empty()) {
+        (None, true) => {
+            for (name, set) in
+                [("token_realm", a.token_realm.is_some()), ("token_service", a.token_service.is_some())]
+            {
+                if set && !a.token {
+                    bail!(
+                        "auth.{name} is for an external token service: set token_issuer and token_keys too"
+                    );
+                }
+            }
+            Ok(None)
+        }
+        (None, false) => {
+            bail!("auth.token_keys needs auth.token_issuer: the `iss` of the external service's tokens")
+        }
+        (Some(_), true) => {
+            bail!("auth.token_issuer needs auth.token_keys: the external service's public keys")
+        }
+        (Some(issuer), false) => {
+            if issuer.is_empty() {
+                bail!("auth.token_issuer must not be empty");
+            }
+            let mut keys = Vec::new();
+            for path in &a.token_keys {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading auth.token_keys {}", path.display()))?;
+                let name = path.display().to_string();
+                keys.extend(
+                    wharf_auth::PublicKey::parse_file(&text, &name)
+                        .map_err(|e| anyhow!("auth.token_keys {e}"))?,
+                );
+            }
+            Ok(Some(wharf_auth::ExternalIssuer { issuer: issuer.clone(), keys }))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -659,8 +750,10 @@ mod tests {
         assert_eq!(t.realm, None);
         let authority = wharf_auth::Authority::new(cfg);
         assert!(authority.login("ci", "pw").is_some());
-        // admin is not in the file: a warning, not an error.
-        assert_eq!(authority.warnings().len(), 1, "{:?}", authority.warnings());
+        // admin is not in the file, and realm is not set: warnings, not errors.
+        let warnings = authority.warnings();
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[1].contains("auth.realm is not set"), "{warnings:?}");
 
         // No [auth]: nothing to build.
         assert!(auth_config(&ServerFile::default()).unwrap().is_none());
@@ -687,6 +780,53 @@ mod tests {
         // The flags win over the file: the flag's path is the one read.
         let e = err(&file, Some("/nonexistent/flag-cert.pem"), None);
         assert!(e.contains("/nonexistent/flag-cert.pem") && e.contains("cannot read"), "{e}");
+    }
+
+    #[test]
+    fn reads_an_external_token_service() {
+        let dir = tempfile::tempdir().unwrap();
+        let openssl = |args: &[&str]| {
+            let ok =
+                std::process::Command::new("openssl").args(args).current_dir(dir.path()).status().unwrap();
+            assert!(ok.success(), "openssl {args:?}");
+        };
+        openssl(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "k.pem"]);
+        openssl(&[
+            "req", "-x509", "-new", "-key", "k.pem", "-subj", "/CN=auth", "-days", "1", "-out", "c.pem",
+        ]);
+        let cert = dir.path().join("c.pem");
+        let section = |extra: &str| {
+            format!(
+                "[auth]\ntoken_issuer = \"auth.example.org\"\ntoken_service = \"registry.example.org\"\n\
+                 token_keys = [\"{}\"]\n{extra}",
+                cert.display()
+            )
+        };
+        let build = |text: &str| auth_config(&toml::from_str::<ServerFile>(text).unwrap());
+        let cfg = build(&section("token_realm = \"https://auth.example.org/token\"")).unwrap().unwrap();
+        let t = cfg.token.as_ref().unwrap();
+        assert_eq!(t.service, "registry.example.org");
+        assert_eq!(t.realm.as_deref(), Some("https://auth.example.org/token"));
+        assert!(!t.builtin_issuer, "only the external service issues tokens");
+        let ext = t.external.as_ref().unwrap();
+        assert_eq!((ext.issuer.as_str(), ext.keys.len()), ("auth.example.org", 1));
+        // With `token = true` the built-in issuer runs beside it (and the realm may default).
+        let cfg = build(&section("token = true")).unwrap().unwrap();
+        assert!(cfg.token.as_ref().unwrap().builtin_issuer);
+
+        let bad = |text: &str| build(text).unwrap_err().to_string();
+        assert!(bad(&section("")).contains("token_realm is needed"));
+        assert!(
+            bad(&section("token_realm = \"https://a/token\"\nrealm = \"https://b/token\""))
+                .contains("differ")
+        );
+        assert!(bad("[auth]\ntoken_issuer = \"x\"").contains("token_keys"));
+        assert!(bad("[auth]\ntoken_keys = [\"/nonexistent\"]").contains("token_issuer"));
+        assert!(bad("[auth]\ntoken_realm = \"https://a/token\"").contains("token_issuer"));
+        let missing = section("token_realm = \"https://a/token\"").replace("c.pem", "missing.pem");
+        assert!(bad(&missing).contains("missing.pem"));
+        let private = section("token_realm = \"https://a/token\"").replace("c.pem", "k.pem");
+        assert!(bad(&private).contains("private key"), "{}", bad(&private));
     }
 
     #[test]

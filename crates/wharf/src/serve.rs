@@ -208,13 +208,21 @@ fn log_auth(auth: Option<&wharf_server::wharf_auth::Authority>, tls: bool) {
             };
             let realm = t.realm.as_deref().unwrap_or(default_realm);
             tracing::info!(users, rules, realm, service = %t.service, "authentication: Docker token flow");
+            if let Some(ext) = &t.external {
+                tracing::info!(
+                    issuer = %ext.issuer,
+                    keys = ext.keys.len(),
+                    builtin_issuer = t.builtin_issuer,
+                    "accepting tokens of an external token service"
+                );
+            }
             if tls && realm.starts_with("http://") {
                 tracing::warn!(
                     realm,
                     "auth.realm is plain HTTP while the registry serves HTTPS: passwords go to it unencrypted"
                 );
             }
-            if !t.key_configured {
+            if !t.key_configured && t.builtin_issuer {
                 tracing::info!(
                     "auth.token_key is not set: tokens are signed with a key made at start, so they do not \
                      survive a restart and are not accepted by other replicas; set it to share them"

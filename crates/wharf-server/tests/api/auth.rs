@@ -64,7 +64,7 @@ fn verifier() -> Authority {
 pub(crate) struct AuthServer {
     pub(crate) base: String,
     client: reqwest::Client,
-    _server: Server,
+    pub(crate) server: Server,
 }
 
 #[derive(Clone)]
@@ -77,7 +77,12 @@ pub(crate) enum Creds {
 impl AuthServer {
     pub(crate) async fn start(backend: Backend, auth: AuthFactory) -> AuthServer {
         let server = Server::start_full(backend, RegistryConfig::default(), Some(auth)).await;
-        AuthServer { base: server.base.clone(), client: reqwest::Client::new(), _server: server }
+        AuthServer::over(server)
+    }
+
+    /// The helpers over a server started elsewhere (with its own `Authority`).
+    pub(crate) fn over(server: Server) -> AuthServer {
+        AuthServer { base: server.base.clone(), client: reqwest::Client::new(), server }
     }
 
     pub(crate) fn req(&self, method: Method, path: &str, creds: &Creds) -> reqwest::RequestBuilder {

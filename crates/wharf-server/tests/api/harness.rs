@@ -45,12 +45,29 @@ impl Drop for Server {
 /// builds its own from the same configuration.
 pub type AuthFactory = fn() -> AuthConfig;
 
+/// How a test server gets its [`Authority`]: from a configuration, or made whole (for
+/// settings `[auth]` does not have, such as the login limits).
+#[derive(Clone, Copy)]
+enum MakeAuth {
+    Config(AuthFactory),
+    Authority(fn() -> Authority),
+}
+
+impl MakeAuth {
+    fn make(self) -> Authority {
+        match self {
+            MakeAuth::Config(f) => Authority::new(f()),
+            MakeAuth::Authority(f) => f(),
+        }
+    }
+}
+
 /// Serves `registry` on a fresh loopback port until the sender is used or dropped.
-async fn serve(registry: Registry, auth: Option<AuthFactory>) -> (String, tokio::sync::oneshot::Sender<()>) {
+async fn serve(registry: Registry, auth: Option<MakeAuth>) -> (String, tokio::sync::oneshot::Sender<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let authority = auth.map(|make| Authority::new(make()));
+    let authority = auth.map(MakeAuth::make);
     tokio::spawn(async move {
         wharf_server::serve_with_auth(listener, registry, authority, async {
             let _ = rx.await;
@@ -62,7 +79,7 @@ async fn serve(registry: Registry, auth: Option<AuthFactory>) -> (String, tokio:
 }
 
 /// Two replicas over a fresh Garage and one isolated PostgreSQL schema, behind nginx.
-async fn start_replicas(dir: tempfile::TempDir, config: RegistryConfig, auth: Option<AuthFactory>) -> Server {
+async fn start_replicas(dir: tempfile::TempDir, config: RegistryConfig, auth: Option<MakeAuth>) -> Server {
     let garage = tokio::task::spawn_blocking(wharf_testkit::Garage::start).await.unwrap();
     let s3 = wharf_storage::S3Config {
         bucket: garage.bucket.clone(),
@@ -124,6 +141,15 @@ impl Server {
 
     /// [`Server::start_with`], with `[auth]` when `auth` is given.
     pub async fn start_full(backend: Backend, config: RegistryConfig, auth: Option<AuthFactory>) -> Server {
+        Server::start_auth(backend, config, auth.map(MakeAuth::Config)).await
+    }
+
+    /// A server whose [`Authority`] `make` builds whole.
+    pub async fn start_with_authority(backend: Backend, make: fn() -> Authority) -> Server {
+        Server::start_auth(backend, RegistryConfig::default(), Some(MakeAuth::Authority(make))).await
+    }
+
+    async fn start_auth(backend: Backend, config: RegistryConfig, auth: Option<MakeAuth>) -> Server {
         let dir = tempfile::tempdir().unwrap();
         if let Backend::Replicas = backend {
             return start_replicas(dir, config, auth).await;

@@ -3,6 +3,8 @@
 //! against two replicas sharing a Garage bucket and a PostgreSQL schema behind nginx.
 
 mod auth;
+mod auth_external;
+mod auth_hardening;
 mod conformance;
 mod harness;
 mod latency;
