@@ -1,6 +1,7 @@
 //! The registry over real HTTP: every endpoint of the distribution spec, its error
 //! cases, and Wharf's index policies. Each test runs against SQLite, against PostgreSQL, and
 //! against two replicas sharing a Garage bucket and a PostgreSQL schema behind nginx.
+//! The web UI is driven in a real browser (headless chromium) by `ui.rs`.
 
 mod auth;
 mod conformance;
@@ -9,6 +10,7 @@ mod latency;
 mod protocol;
 mod sparse;
 mod storage;
+mod ui;
 
 /// Instantiate async test fns `fn(Backend)` once per backend.
 #[macro_export]
