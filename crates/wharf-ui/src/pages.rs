@@ -303,7 +303,7 @@ async fn tags_page(st: &UiState, ctx: &Ctx, name: &str, p: &Params) -> Response 
                                     @else { span.muted { "—" } }
                                 }
                                 td.num { (bytes(t.stored_bytes)) }
-                                td { span.codecopy { code title=(t.digest) { (short_digest(&t.digest)) } (copy(&t.digest.to_string(), "the digest")) } }
+                                td { span.codecopy { code.nowrap title=(t.digest) { (short_digest(&t.digest)) } (copy(&t.digest.to_string(), "the digest")) } }
                                 td.hide-narrow { (time(t.updated_at)) }
                             }
                         }
@@ -353,14 +353,14 @@ fn referrer_list(repo: &RepoName, r: &Referrers<'_>, extra: Markup) -> Markup {
                 @for (label, digest, size) in &r.api {
                     li.referrer {
                         (badge("info", label)) " "
-                        a href=(manifest_link(repo, &digest.to_string())) { code { (short_digest(digest)) } }
+                        a href=(manifest_link(repo, &digest.to_string())) { code.nowrap { (short_digest(digest)) } }
                         " " span.muted { (bytes(*size)) " · referrers API" }
                     }
                 }
                 @for t in &r.tags {
                     li.referrer {
                         (badge("info", t.kind)) " "
-                        a href=(manifest_link(repo, &t.tag)) { code { (short_digest(&t.digest)) } }
+                        a href=(manifest_link(repo, &t.tag)) { code.nowrap { (short_digest(&t.digest)) } }
                         " " span.muted { "tag " code { (t.tag) } }
                     }
                 }
@@ -492,7 +492,7 @@ async fn index_page(
                         @let platform = c.platform.clone().unwrap_or_else(|| "no platform".into());
                         @let atts = attestations_of(&c.digest);
                         tr.platform.absent[!c.present] data-platform=(platform) {
-                            th scope="row" { code { (platform) } }
+                            th scope="row" { code.nowrap { (platform) } }
                             td.status {
                                 @if c.present { (badge("present", "present")) } @else { (badge("absent", "absent")) }
                             }
@@ -504,8 +504,8 @@ async fn index_page(
                             }
                             td {
                                 @if c.present {
-                                    a href=(manifest_link(repo, &c.digest.to_string())) { code title=(c.digest) { (short_digest(&c.digest)) } }
-                                } @else { code title=(c.digest) { (short_digest(&c.digest)) } }
+                                    a href=(manifest_link(repo, &c.digest.to_string())) { code.nowrap title=(c.digest) { (short_digest(&c.digest)) } }
+                                } @else { code.nowrap title=(c.digest) { (short_digest(&c.digest)) } }
                                 " " (copy(&c.digest.to_string(), "the platform digest"))
                             }
                             td.referrers {
@@ -513,7 +513,7 @@ async fn index_page(
                                     @for a in &atts {
                                         li.referrer {
                                             (badge("info", "buildx attestation")) " "
-                                            code { (short_digest(&a.digest)) } " "
+                                            code.nowrap { (short_digest(&a.digest)) } " "
                                             @if a.present { span.muted { "present" } } @else { span.muted { "absent" } }
                                         }
                                     }
@@ -586,7 +586,7 @@ async fn image_page(
         p.muted { "Media type " code { (media_type) }
             @if let Some(a) = &artifact { " · artifact type " code { (a) } } }
         @if let Some(s) = &subject {
-            p #subject { "Refers to " a href=(manifest_link(repo, &s.digest.to_string())) { code { (short_digest(&s.digest)) } } }
+            p #subject { "Refers to " a href=(manifest_link(repo, &s.digest.to_string())) { code.nowrap { (short_digest(&s.digest)) } } }
         }
         h2 { "Pull" }
         ul.cmds {

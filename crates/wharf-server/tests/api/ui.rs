@@ -258,7 +258,7 @@ async fn a_partial_signed_mirror_as_people_see_it() {
     ];
     let server = UiServer::start(Some(ui_auth()), mirrors).await;
     let image = seed_partial_signed_index(&server).await;
-    let b = Browser::start(1280, 1000).await;
+    let b = Browser::start(1280, 1500).await;
 
     // `/` leads to the repository list; anonymous visitors see only what "*" may pull.
     b.goto(&server.url("/")).await;
@@ -433,9 +433,7 @@ async fn search_paging_and_a_10000_tag_repository() {
     assert!(!b.exists("#first-page").await);
     b.click_to(Locator::Css("#next-page"), "#first-page").await;
     seen.extend(b.texts("#repositories tbody th").await);
-    b.click_to(Locator::Css("#next-page"), "#first-page").await;
-    seen.extend(b.texts("#repositories tbody th").await);
-    assert!(!b.exists("#next-page").await, "three pages hold six repositories");
+    assert!(!b.exists("#next-page").await, "two pages hold six repositories");
     assert_eq!(seen, ["alpha/one", "alpha/two", "beta/one", "beta/two", "big/app", "gamma/one"]);
 
     // Search by typing into the box.
