@@ -54,6 +54,15 @@ impl TokenKey {
         }
         Ok(TokenKey(secret.as_bytes().to_vec()))
     }
+
+    /// A key for another purpose (named by `label`), derived from this one: replicas sharing
+    /// the token key agree on it, and it reveals nothing of the token key.
+    pub fn derive(&self, label: &str) -> [u8; 32] {
+        use hmac::{Hmac, Mac};
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&self.0).expect("HMAC takes keys of any length");
+        mac.update(label.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
 }
 
 /// The claims of a token.

@@ -16,8 +16,8 @@ mod store;
 
 pub use store::MetadataStore;
 pub use store::{
-    BlobLink, BlobTotals, GcTransaction, IndexChildrenBytes, NamedLock, RepoStorage, StorageFigures,
-    UnlinkedReference,
+    BlobLink, BlobTotals, GcTransaction, IndexChildrenBytes, NamedLock, RepoStorage, RepoSummary,
+    StorageFigures, TagSummary, UnlinkedReference,
 };
 
 use wharf_oci::{Digest, RepoName, Tag};

@@ -3,6 +3,7 @@
 //! `impl MetadataStore` block.
 
 mod blobs;
+mod browse;
 mod catalog;
 mod gc;
 mod locks;
@@ -21,6 +22,7 @@ use wharf_oci::{Digest, RepoName};
 
 use crate::{MetadataError, Result, migrate};
 
+pub use browse::{RepoSummary, TagSummary};
 pub use gc::{BlobLink, GcTransaction, UnlinkedReference};
 pub use locks::NamedLock;
 pub use storage::{BlobTotals, IndexChildrenBytes, RepoStorage, StorageFigures};

@@ -81,6 +81,7 @@ suite!(
     webhook_outbox_leases_retries_and_dead_events,
     named_locks_hold_across_connections,
     tag_upstream_check_is_recorded,
+    browse_summaries_page_and_count,
 );
 
 /// A named lock is held against every other pool on the same database (another replica)
@@ -699,4 +700,71 @@ async fn webhook_outbox_leases_retries_and_dead_events(ctx: &Ctx) {
     assert_eq!(s.claim_events(10, -1).await.unwrap().len(), 1);
     assert_eq!(other.claim_events(10, 60_000).await.unwrap().len(), 1);
     other.close().await;
+}
+
+/// The summaries the web UI pages through: repositories with tag count, bytes and sparseness,
+/// searched and paged by name; tags newest first with kind, bytes and presence counts.
+async fn browse_summaries_page_and_count(ctx: &Ctx) {
+    let s = &ctx.store;
+    let r = repo("mirror/app");
+    let (amd, arm) = (image("b-amd64"), image("b-arm64"));
+    put_image(s, &r, &amd, Some(&tag("old"))).await;
+    // Tags are ordered by the second they were last set: the next ones are newer.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let children = [child(0, &amd.digest, Some("linux/amd64")), child(1, &arm.digest, Some("linux/arm64"))];
+    let content = b"{\"index\": \"browse\"}".to_vec();
+    let index = Digest::sha256_of(&content);
+    s.put_manifest(NewManifest {
+        repo: &r,
+        digest: &index,
+        media_type: INDEX,
+        content: &content,
+        subject: None,
+        artifact_type: None,
+        annotations_json: None,
+        blob_refs: &[],
+        children: &children,
+        tag: Some(&tag("v1")),
+    })
+    .await
+    .unwrap();
+    for i in 0..5 {
+        put_image(s, &repo("plain_app"), &image(&format!("p{i}")), Some(&tag(&format!("t{i}")))).await;
+    }
+    put_image(s, &repo("zzz"), &image("z"), None).await;
+
+    // Repositories: sorted, figures, search (wildcards literal, case folded), paging.
+    let all = s.repo_summaries(None, None, 10).await.unwrap();
+    let names: Vec<&str> = all.iter().map(|x| x.repo.as_str()).collect();
+    assert_eq!(names, ["mirror/app", "plain_app", "zzz"]);
+    assert_eq!((all[0].tags, all[0].sparse), (2, true));
+    assert_eq!((all[1].tags, all[1].sparse), (5, false));
+    assert_eq!((all[2].tags, all[2].sparse), (0, false));
+    // mirror/app: two manifests plus blob 1 (100) and the seed blob of amd64 (7).
+    assert_eq!(all[0].stored_bytes, (amd.content.len() + content.len()) as u64 + 107);
+    let found = s.repo_summaries(Some("_APP"), None, 10).await.unwrap();
+    assert_eq!(found.iter().map(|x| x.repo.as_str()).collect::<Vec<_>>(), ["plain_app"]);
+    assert!(s.repo_summaries(Some("%"), None, 10).await.unwrap().is_empty());
+    let page = s.repo_summaries(None, Some("mirror/app"), 1).await.unwrap();
+    assert_eq!(page.iter().map(|x| x.repo.as_str()).collect::<Vec<_>>(), ["plain_app"]);
+
+    // Tags: newest first, kind and presence of the index, its bytes with the present child.
+    let tags = s.tag_summaries(&r, None, 0, 10).await.unwrap();
+    assert_eq!(tags.iter().map(|t| t.tag.as_str()).collect::<Vec<_>>(), ["v1", "old"]);
+    assert_eq!((tags[0].media_type.as_str(), tags[0].children, tags[0].present_children), (INDEX, 2, 1));
+    assert_eq!(tags[0].digest, index);
+    assert_eq!(tags[0].stored_bytes, content.len() as u64 + 500 + 107);
+    assert_eq!((tags[1].children, tags[1].stored_bytes), (0, amd.content.len() as u64 + 107));
+    let p = repo("plain_app");
+    assert_eq!(s.tag_count(&p, None).await.unwrap(), 5);
+    // Pages are slices of the whole list (whose order depends on the seconds the pushes took).
+    let whole = s.tag_summaries(&p, None, 0, 10).await.unwrap();
+    assert_eq!(whole.len(), 5);
+    assert!(whole.windows(2).all(|w| w[0].updated_at >= w[1].updated_at));
+    assert_eq!(s.tag_summaries(&p, None, 2, 2).await.unwrap(), whole[2..4]);
+    assert_eq!(s.tag_count(&p, Some("T4")).await.unwrap(), 1);
+    assert_eq!(s.tag_summaries(&p, Some("t4"), 0, 10).await.unwrap()[0].tag, "t4");
+
+    let found = s.tags_among(&p, &["t1".into(), "nope".into(), "t3".into()]).await.unwrap();
+    assert_eq!(found.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>(), ["t1", "t3"]);
 }

@@ -2,6 +2,7 @@
 //!
 //! This layer knows OCI semantics and nothing of HTTP; `wharf-server` translates.
 
+pub mod browse;
 mod cache;
 pub mod error;
 pub mod events;

@@ -73,17 +73,17 @@ pub fn router_with_mirrors(
     auth: Option<wharf_auth::Authority>,
     mirrors: std::sync::Arc<MirrorBoard>,
 ) -> Router {
+    let auth = auth.map(std::sync::Arc::new);
+    // The web UI for people (`wharf-ui`), under /ui/; `/` leads there.
+    let ui = wharf_ui::router(registry.clone(), auth.clone(), mirrors.clone());
     Router::new()
         .route("/metrics", axum::routing::get(metrics_endpoint))
         .route("/healthz", axum::routing::get(health))
         .route("/token", axum::routing::get(auth::token_endpoint))
+        .route("/", axum::routing::get(|| async { axum::response::Redirect::to("/ui/") }))
         .fallback(dispatch)
-        .with_state(AppState {
-            registry,
-            metrics: Default::default(),
-            auth: auth.map(std::sync::Arc::new),
-            mirrors,
-        })
+        .with_state(AppState { registry, metrics: Default::default(), auth, mirrors })
+        .merge(ui)
 }
 
 /// Serve until `shutdown` resolves, then finish in-flight requests.

@@ -270,6 +270,39 @@ impl MirrorBoard {
     }
 }
 
+/// The web UI's mirrors page reads the same board.
+impl wharf_ui::Mirrors for MirrorBoard {
+    fn statuses(&self) -> Vec<wharf_ui::MirrorStatus> {
+        self.entries
+            .iter()
+            .map(|e| {
+                let s = e.state.lock().unwrap_or_else(|p| p.into_inner());
+                wharf_ui::MirrorStatus {
+                    name: e.info.name.clone(),
+                    source: e.info.source.clone(),
+                    dest: e.info.dest.clone(),
+                    running: s.running,
+                    next_run: s.next_run.map(rfc3339),
+                    last_run: s.last_run.as_ref().map(|r| wharf_ui::LastRun {
+                        started: rfc3339(r.started),
+                        finished: rfc3339(r.finished),
+                        ok: r.ok,
+                        images: r.images,
+                        bytes_copied: r.bytes_copied,
+                        bytes_existing: r.bytes_existing,
+                        bytes_filtered: r.bytes_filtered,
+                        failures: r.failures.iter().map(|f| (f.image.clone(), f.error.clone())).collect(),
+                    }),
+                }
+            })
+            .collect()
+    }
+
+    fn request_run(&self, name: &str) -> Option<bool> {
+        MirrorBoard::request_run(self, name)
+    }
+}
+
 /// `YYYY-MM-DDTHH:MM:SSZ`.
 fn rfc3339(t: SystemTime) -> String {
     wharf_auth::rfc3339(t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0))

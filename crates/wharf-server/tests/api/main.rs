@@ -1,6 +1,7 @@
 //! The registry over real HTTP: every endpoint of the distribution spec, its error
 //! cases, and Wharf's index policies. Each test runs against SQLite, against PostgreSQL, and
 //! against two replicas sharing a Garage bucket and a PostgreSQL schema behind nginx.
+//! The web UI is driven in a real browser (headless chromium) by `ui.rs`.
 
 mod auth;
 mod auth_external;
@@ -12,6 +13,7 @@ mod limits;
 mod protocol;
 mod sparse;
 mod storage;
+mod ui;
 mod webhooks;
 
 /// Instantiate async test fns `fn(Backend)` once per backend.
