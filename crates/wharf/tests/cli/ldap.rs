@@ -51,6 +51,8 @@ fn start(dir: &Path, slapd: &Slapd, token: bool, timeout: &str) -> WharfServer {
 [auth]
 htpasswd = "{}"
 token = {token}
+# The tests name their "clients" in X-Forwarded-For: failed logins are throttled per client.
+trusted_proxies = ["127.0.0.1"]
 {}
 [[auth.rules]]
 pattern = "platform/**"
@@ -76,10 +78,18 @@ fn layout(dir: &Path, seed: u64) -> String {
 
 /// The status of `GET URL` with basic credentials `user:password` (curl; bounded).
 fn status(url: &str, user: &str, password: &str) -> (String, String) {
+    status_from(url, user, password, "192.0.2.1")
+}
+
+/// As [`status`], from client address `client` (behind the trusted proxy 127.0.0.1): each
+/// client has a few failed logins before it is throttled (429) and no longer checked.
+fn status_from(url: &str, user: &str, password: &str, client: &str) -> (String, String) {
     let out = run_ok(
         Command::new("curl")
             .args(["-s", "--max-time", "30", "-w", "\n%{http_code}", "-u"])
             .arg(format!("{user}:{password}"))
+            .arg("-H")
+            .arg(format!("X-Forwarded-For: {client}"))
             .arg(url),
     );
     let text = String::from_utf8_lossy(&out).into_owned();
@@ -191,14 +201,20 @@ fn wrong_passwords_and_filter_injection_get_401() {
     assert_eq!(status(&url, "nobody", "alice-pw").0, "401");
     // With the filter (&(objectClass=inetOrgPerson)(uid={username})) unescaped, each of these
     // names would find alice's entry (or every entry), and alice's password would log it in.
-    for name in ["al*", "alice)(uid=*", "*)(uid=*", "*", "alice)(|(uid=*"] {
-        let (code, body) = status(&url, name, "alice-pw");
+    // Each from its own client: this is about the filter, not the throttle.
+    for (i, name) in ["al*", "alice)(uid=*", "*)(uid=*", "*", "alice)(|(uid=*"].into_iter().enumerate() {
+        let (code, body) = status_from(&url, name, "alice-pw", &format!("198.51.100.{i}"));
         assert_eq!(code, "401", "user name {name:?}: {body}");
     }
     // The token endpoint refuses them the same way.
     let token_url = format!("http://{}/token?service=wharf", server.addr);
     let (code, _) = status(&token_url, "alice", "wrong");
     assert!(code == "401" || code == "404", "{code}");
+    // Directory logins go through the same throttle as htpasswd ones: once a client has
+    // failed a few times in a row, its next attempt is not checked at all.
+    let codes: Vec<String> = (0..6).map(|_| status_from(&url, "alice", "wrong", "203.0.113.9").0).collect();
+    assert_eq!(codes[..5], ["401"; 5], "{codes:?}");
+    assert_eq!(codes[5], "429", "{codes:?}");
     let log = server.log();
     assert!(!log.contains("alice-pw"), "{log}");
 }
