@@ -111,6 +111,16 @@ fn presented(headers: &HeaderMap) -> Presented {
     }
 }
 
+/// The kind of [`presented`] credentials, for the fuzz target.
+pub(crate) fn presented_kind(headers: &HeaderMap) -> &'static str {
+    match presented(headers) {
+        Presented::Nothing => "nothing",
+        Presented::Basic(..) => "basic",
+        Presented::Bearer(_) => "bearer",
+        Presented::Invalid => "invalid",
+    }
+}
+
 /// Check a password: from the cache of recent successes, else bcrypt off the executor.
 /// Failures are logged with the user name only.
 async fn login(auth: &Arc<Authority>, user: String, password: String) -> Option<Identity> {

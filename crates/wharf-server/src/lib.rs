@@ -7,6 +7,8 @@ mod auth;
 mod blobs;
 mod discovery;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod manifests;
 mod metrics;
 pub mod mirrors;
