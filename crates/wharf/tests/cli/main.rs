@@ -6,6 +6,7 @@ mod containerd;
 mod copy;
 mod fill;
 mod gc;
+mod hostile;
 mod interop;
 mod mirrors;
 mod pullthrough;
