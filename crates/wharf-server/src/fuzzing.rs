@@ -46,3 +46,35 @@ pub fn authorization(value: &str) -> Option<&'static str> {
     let h = headers(&[(header::AUTHORIZATION, value)])?;
     Some(crate::auth::presented_kind(&h))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_ranges_at_the_edges() {
+        assert_eq!(chunk_range("0-9", Some("10")), Some(Ok(0)));
+        assert_eq!(chunk_range("bytes 10-19/*", None), Some(Ok(10)));
+        assert_eq!(chunk_range("9-0", None), Some(Err(416)));
+        assert_eq!(chunk_range("0-9", Some("11")), Some(Err(416)));
+        // end - start + 1 overflowed (a panic in debug builds): no length matches it.
+        assert_eq!(chunk_range("0-18446744073709551615", Some("0")), Some(Err(416)));
+        assert_eq!(chunk_range("0-18446744073709551615", Some("18446744073709551615")), Some(Err(416)));
+        assert_eq!(chunk_range("-", None), Some(Err(416)));
+    }
+
+    #[test]
+    fn ranges_and_queries() {
+        assert_eq!(range("bytes=5-"), Some(Ok((5, None))));
+        assert_eq!(range("bytes=0-18446744073709551615"), Some(Ok((0, Some(u64::MAX)))));
+        assert_eq!(range("bytes=1-2,4-5"), Some(Err(416)));
+        let q = query("/v2/x/tags/list?last=a%2Fb&n=%+1&x=%zz&%").unwrap();
+        assert_eq!(q[0], ("last".into(), "a/b".into()));
+        assert_eq!(q[1], ("n".into(), "%+1".into()), "only two hex digits are decoded");
+        assert_eq!(q[2], ("x".into(), "%zz".into()));
+        assert_eq!(q[3], ("%".into(), "".into()));
+        assert_eq!(authorization("Basic dTpw"), Some("basic"));
+        assert_eq!(authorization("Bearer  "), Some("invalid"));
+        assert_eq!(authorization("Basic !!"), Some("invalid"));
+    }
+}
