@@ -30,6 +30,6 @@ for t in "${TARGETS[@]}"; do
     # libFuzzer's own count ("Done N runs in S second(s)"), else the wall clock.
     ran=$(awk '/^Done [0-9]+ runs in/ { print $5 }' "$log")
     ran="${ran:-$(( $(date +%s) - start ))}"
-    execs=$(awk -F: '/stat::number_of_executed_units/ { gsub(/ /, "", $2); s += $2 } END { print s + 0 }' "$log")
+    execs=$(awk '/stat::number_of_executed_units/ { s += $2 } END { print s + 0 }' "$log")
     printf '%-12s %8s %12s %8s\n' "$t" "$ran" "$execs" "$(ls "work/$t" | wc -l)"
 done

@@ -8,9 +8,10 @@ use wharf_auth::Htpasswd;
 /// (parsing hashes a dummy password at the file's highest cost), which is not what this
 /// target looks for.
 fn costly(text: &str) -> bool {
-    text.split('$').collect::<Vec<_>>().windows(2).any(|w| {
-        w[0].starts_with('2') && w[0].len() == 2 && w[1].parse::<u32>().is_ok_and(|c| c > 5)
-    })
+    text.split('$')
+        .collect::<Vec<_>>()
+        .windows(2)
+        .any(|w| w[0].starts_with('2') && w[0].len() == 2 && w[1].parse::<u32>().is_ok_and(|c| c > 5))
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -32,9 +32,16 @@ fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else { return };
     match mode % 4 {
         0 => {
-            if let Ok(s) = std::str::from_utf8(rest) {
-                // A random string cannot carry a valid signature.
-                assert!(auth.verify_token_at(s, NOW).is_err(), "{s:?} verified");
+            if let Ok(s) = std::str::from_utf8(rest)
+                && auth.verify_token_at(s, NOW).is_ok()
+            {
+                // Accepted: then it carries our HMAC of exactly what it signs.
+                let (input, sig) = s.rsplit_once('.').expect("an accepted token has a signature");
+                let mut mac =
+                    Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).expect("any key length");
+                mac.update(input.as_bytes());
+                let sig = B64.decode(sig).expect("an accepted signature decodes");
+                assert_eq!(sig.as_slice(), mac.finalize().into_bytes().as_slice(), "{s:?} verified");
             }
         }
         1 => {

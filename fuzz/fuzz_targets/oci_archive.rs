@@ -29,7 +29,8 @@ fuzz_target!(|data: &[u8]| {
     let _ = std::fs::remove_dir_all(&into);
     std::fs::create_dir(&into).expect("a fresh target");
     let _ = wharf_mirror::fuzzing::read_archive(data, &into);
-    let beside: Vec<_> = std::fs::read_dir(root()).expect("readable").map(|e| e.expect("an entry").file_name()).collect();
+    let beside: Vec<_> =
+        std::fs::read_dir(root()).expect("readable").map(|e| e.expect("an entry").file_name()).collect();
     assert_eq!(beside, ["into"], "something was written outside the target");
     check_tree(&into);
 });

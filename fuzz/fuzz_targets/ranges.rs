@@ -4,8 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use wharf_server::fuzzing as server;
 use wharf_client::fuzzing as client;
+use wharf_server::fuzzing as server;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(s) = std::str::from_utf8(data) else { return };
@@ -16,7 +16,9 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Some(Ok(start)) = server::chunk_range(value, other) {
         // An accepted chunk range with a length says exactly that many bytes follow.
-        if let Some(len) = other.and_then(|l| l.trim().parse::<u64>().ok()) {
+        // (As the server reads it: hyper has already refused a Content-Length that is not
+        // a number, so an unparsable one is not checked here.)
+        if let Some(len) = other.and_then(|l| l.parse::<u64>().ok()) {
             assert!(len >= 1, "{value:?} {other:?} -> {start}");
         }
     }

@@ -11,15 +11,12 @@ fn headers(pairs: &[(header::HeaderName, &str)]) -> Option<HeaderMap> {
     Some(h)
 }
 
-/// A blob GET's `Range` header: `Some(Ok((first, last)))` when accepted, else the
-/// error status.
+/// A blob GET's `Range` header: `Some(Ok((first, last)))` when accepted, the error status
+/// when refused, `None` when not read as a header (not visible ASCII: ignored, as the
+/// server ignores it).
 pub fn range(value: &str) -> Option<Result<(u64, Option<u64>), u16>> {
     let h = headers(&[(header::RANGE, value)])?;
-    Some(
-        crate::blobs::parse_range(&h)
-            .map(|r| r.expect("a Range header was given"))
-            .map_err(|e| e.status.as_u16()),
-    )
+    crate::blobs::parse_range(&h).map_err(|e| e.status.as_u16()).transpose()
 }
 
 /// A chunk PATCH's `Content-Range` (and `Content-Length`): the start offset when accepted.
@@ -27,11 +24,7 @@ pub fn chunk_range(value: &str, content_length: Option<&str>) -> Option<Result<u
     let mut pairs = vec![(header::CONTENT_RANGE, value)];
     pairs.extend(content_length.map(|l| (header::CONTENT_LENGTH, l)));
     let h = headers(&pairs)?;
-    Some(
-        crate::blobs::chunk_start(&h)
-            .map(|r| r.expect("a Content-Range header was given"))
-            .map_err(|e| e.status.as_u16()),
-    )
+    crate::blobs::chunk_start(&h).map_err(|e| e.status.as_u16()).transpose()
 }
 
 /// The query string of a request URI, percent-decoded.
@@ -68,6 +61,9 @@ mod tests {
         assert_eq!(range("bytes=5-"), Some(Ok((5, None))));
         assert_eq!(range("bytes=0-18446744073709551615"), Some(Ok((0, Some(u64::MAX)))));
         assert_eq!(range("bytes=1-2,4-5"), Some(Err(416)));
+        // Found by the `ranges` target (a harness bug, not the server's): a value with bytes
+        // above 0x7f is a valid header value but not text, and is ignored like no Range.
+        assert_eq!(range("bytes=0-\u{e9}"), None);
         let q = query("/v2/x/tags/list?last=a%2Fb&n=%+1&x=%zz&%").unwrap();
         assert_eq!(q[0], ("last".into(), "a/b".into()));
         assert_eq!(q[1], ("n".into(), "%+1".into()), "only two hex digits are decoded");
