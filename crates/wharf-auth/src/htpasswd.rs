@@ -36,6 +36,7 @@ impl fmt::Debug for Htpasswd {
 }
 
 /// The cost of a bcrypt hash (`$2y$NN$` + 53 characters), if it is one.
+
 fn bcrypt_cost(hash: &str) -> Option<u32> {
     let rest = ["$2y$", "$2b$", "$2a$", "$2x$"].iter().find_map(|p| hash.strip_prefix(p))?;
     let (cost, salt_and_hash) = rest.split_once('$')?;
@@ -226,6 +227,17 @@ mod tests {
         let h = Htpasswd::parse(&format!("u:{hash}")).unwrap();
         assert!(h.verify("u", "longer-password"));
         assert!(!h.verify("u", "longer-passwor"));
+    }
+
+    #[test]
+    fn refuses_a_cost_no_login_could_afford() {
+        // Parsing hashes a dummy at the file's highest cost: cost 31 would hang the start.
+        let four = line("u", "pw");
+        let slow = four.replace("$2y$04$", "$2y$31$");
+        let e = Htpasswd::parse(&format!("# x\n{slow}")).unwrap_err();
+        assert_eq!(e.line, 2);
+        assert!(e.reason.contains("cost 31") && e.reason.contains("17"), "{e}");
+        assert!(Htpasswd::parse(&four.replace("$2y$04$", "$2y$18$")).is_err());
     }
 
     #[test]

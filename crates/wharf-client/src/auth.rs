@@ -65,6 +65,25 @@ struct TokenAnswer {
     expires_in: Option<u64>,
 }
 
+/// The longest a token is kept: a token server's `expires_in` is not trusted further (a huge
+/// value would overflow `Instant`).
+const MAX_TOKEN_LIFETIME: u64 = 24 * 3600;
+
+/// The token of a token server's JSON answer and how long to use it.
+pub(crate) fn token_answer(body: &[u8]) -> Result<(String, Duration), String> {
+    let answer: TokenAnswer =
+        serde_json::from_slice(body).map_err(|e| format!("sent no valid JSON token: {e}"))?;
+    let token = answer
+        .token
+        .or(answer.access_token)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| "answered without a token".to_owned())?;
+    // The spec's default lifetime is 60 s; keep a margin so a token never expires in flight.
+    let lifetime = answer.expires_in.unwrap_or(60).clamp(1, MAX_TOKEN_LIFETIME);
+    let margin = (lifetime / 10).clamp(1, 30);
+    Ok((token, Duration::from_secs(lifetime.saturating_sub(margin).max(1))))
+}
+
 impl RegistryClient {
     /// The `Authorization` value for a request needing `scopes`, if the registry wants one.
     /// Fetches a bearer token when none is cached (one fetch at a time per client).
@@ -238,16 +257,8 @@ impl RegistryClient {
                 body: body_text(&body),
             });
         }
-        let answer: TokenAnswer = serde_json::from_slice(&body).map_err(|e| {
-            ClientError::Invalid(format!("token server {} sent no valid JSON token: {e}", strip_query(&url)))
-        })?;
-        let token = answer.token.or(answer.access_token).filter(|t| !t.is_empty()).ok_or_else(|| {
-            ClientError::Invalid(format!("token server {} answered without a token", strip_query(&url)))
-        })?;
-        // The spec's default lifetime is 60 s; keep a margin so a token never expires in flight.
-        let lifetime = answer.expires_in.unwrap_or(60).max(1);
-        let margin = (lifetime / 10).clamp(1, 30);
-        let valid_for = Duration::from_secs(lifetime.saturating_sub(margin).max(1));
+        let (token, valid_for) = token_answer(&body)
+            .map_err(|why| ClientError::Invalid(format!("token server {} {why}", strip_query(&url))))?;
         tracing::debug!(registry = %self.inner.host, scopes = %scopes.join(" "), ?valid_for, "got a registry token");
         Ok(CachedToken { token: Secret(token), valid_until: Instant::now() + valid_for })
     }
@@ -277,6 +288,22 @@ mod tests {
             "repository:b:pull".to_owned(),
         ];
         assert_eq!(scope_key(&a), scope_key(&b));
+    }
+
+    #[test]
+    fn token_answers_from_hostile_servers() {
+        // A huge `expires_in` made `Instant + Duration` panic (seen while writing the
+        // `challenge` fuzz target, which covers it now).
+        let (t, d) = token_answer(br#"{"token":"t","expires_in":18446744073709551615}"#).unwrap();
+        assert_eq!(t, "t");
+        assert!(d <= Duration::from_secs(MAX_TOKEN_LIFETIME));
+        let _ = Instant::now() + d;
+        let (t, d) = token_answer(br#"{"access_token":"a","expires_in":0}"#).unwrap();
+        assert_eq!((t.as_str(), d), ("a", Duration::from_secs(1)));
+        assert_eq!(token_answer(br#"{"token":"x"}"#).unwrap().1, Duration::from_secs(54));
+        assert!(token_answer(br#"{"token":""}"#).is_err());
+        assert!(token_answer(br#"{"expires_in":-1,"token":"x"}"#).is_err());
+        assert!(token_answer(b"<html>").is_err());
     }
 
     #[test]

@@ -178,7 +178,7 @@ impl BlobRead {
 }
 
 /// Parse `Content-Range: bytes START-END/TOTAL` (TOTAL may be `*`).
-fn parse_content_range(v: &str) -> Option<(u64, u64, Option<u64>)> {
+pub(crate) fn parse_content_range(v: &str) -> Option<(u64, u64, Option<u64>)> {
     let v = v.trim().strip_prefix("bytes")?.trim_start();
     let (range, total) = v.split_once('/')?;
     let (s, e) = range.split_once('-')?;

@@ -20,6 +20,8 @@ mod challenge;
 mod client;
 mod credentials;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod ops;
 
 pub use blob::BlobOpener;

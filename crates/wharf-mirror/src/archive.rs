@@ -112,12 +112,16 @@ fn merge_layout(from: &Path, to: &Path) -> std::io::Result<()> {
 }
 
 fn read_index(layout: &Path) -> std::io::Result<Value> {
-    serde_json::from_slice(&std::fs::read(layout.join("index.json"))?).map_err(std::io::Error::other)
+    let path = layout.join("index.json");
+    let bytes = std::fs::read(&path)?;
+    // Checked like any layout's: the indexing below would panic on a non-object.
+    crate::layout::parse_index(&path, &bytes)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))
 }
 
 /// Edit the entries of `layout/index.json`, dropping the part numbers of a split bundle: they
 /// describe the parts as they were, and the extracted layout is one whole.
-fn rewrite_index(layout: &Path, edit: impl FnOnce(&mut Vec<Value>)) -> std::io::Result<()> {
+pub(crate) fn rewrite_index(layout: &Path, edit: impl FnOnce(&mut Vec<Value>)) -> std::io::Result<()> {
     let mut index = read_index(layout)?;
     let mut list = index["manifests"].as_array().cloned().unwrap_or_default();
     edit(&mut list);
@@ -139,14 +143,86 @@ pub(crate) async fn extract(archive: &Path, into: &Path) -> Result<(), MirrorErr
     let ctx = format!("reading OCI archive {}", archive.display());
     blocking(ctx.clone(), move || {
         let file = File::open(&archive)?;
-        let mut tar = tar::Archive::new(std::io::BufReader::with_capacity(1 << 20, file));
-        tar.set_preserve_permissions(false);
-        // `unpack` refuses entries that would land outside `into` (`..`, absolute links).
-        tar.unpack(&into)
+        unpack_checked(std::io::BufReader::with_capacity(1 << 20, file), &into)
     })
     .await?;
     if tokio::fs::metadata(layout_file).await.is_err() {
         return Err(MirrorError::Invalid(format!("{ctx}: it holds no oci-layout file (not an OCI archive)")));
+    }
+    Ok(())
+}
+
+fn refused(path: &Path, why: &str) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!("entry {:?} {why}", path.display().to_string()),
+    )
+}
+
+/// Unpack a tar into the empty directory `into`, refusing (rather than skipping or trusting)
+/// anything an OCI layout never holds: an archive comes from elsewhere. Only regular files and
+/// directories, at relative paths without `..`, each file once, each fully present. A file is
+/// created with `create_new` under directories this function made, so nothing lands outside
+/// `into` and nothing is written through a link.
+pub(crate) fn unpack_checked(reader: impl std::io::Read, into: &Path) -> std::io::Result<()> {
+    use std::path::Component;
+    use tar::EntryType;
+
+    let mut tar = tar::Archive::new(reader);
+    let mut seen = std::collections::HashSet::new();
+    for entry in tar.entries()? {
+        let mut entry = entry?;
+        let path = entry.path()?.into_owned();
+        let mut rel = PathBuf::new();
+        for c in path.components() {
+            match c {
+                Component::Normal(part) => rel.push(part),
+                Component::CurDir => {}
+                Component::ParentDir | Component::RootDir | Component::Prefix(_) => {
+                    return Err(refused(&path, "leaves the archive's directory (`..` or an absolute path)"));
+                }
+            }
+        }
+        let kind = entry.header().entry_type();
+        match kind {
+            // Extended headers that `tar` did not fold into the next entry carry no content.
+            EntryType::XGlobalHeader | EntryType::XHeader => continue,
+            EntryType::Directory => {
+                if !rel.as_os_str().is_empty() {
+                    std::fs::create_dir_all(into.join(&rel))?;
+                }
+            }
+            EntryType::Regular | EntryType::Continuous => {
+                if rel.as_os_str().is_empty() {
+                    return Err(refused(&path, "is a file without a name"));
+                }
+                if !seen.insert(rel.clone()) {
+                    return Err(refused(&path, "appears twice: the archive is ambiguous"));
+                }
+                let target = into.join(&rel);
+                if let Some(parent) = target.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                let mut out = std::fs::OpenOptions::new().write(true).create_new(true).open(&target)?;
+                let expected = entry.size();
+                let written = std::io::copy(&mut entry, &mut out)?;
+                if written != expected {
+                    return Err(refused(
+                        &path,
+                        &format!("is cut short ({written} of {expected} bytes): the archive is truncated"),
+                    ));
+                }
+            }
+            EntryType::Symlink | EntryType::Link => {
+                return Err(refused(&path, "is a link: an OCI archive holds only files and directories"));
+            }
+            other => {
+                return Err(refused(
+                    &path,
+                    &format!("has type {other:?}: an OCI archive holds only files and directories"),
+                ));
+            }
+        }
     }
     Ok(())
 }
@@ -255,6 +331,91 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A tar entry written by hand: `tar::Builder` refuses the hostile paths on purpose.
+    fn entry(out: &mut Vec<u8>, path: &str, kind: tar::EntryType, data: &[u8], link: Option<&str>) {
+        let mut h = tar::Header::new_gnu();
+        h.as_gnu_mut().unwrap().name[..path.len()].copy_from_slice(path.as_bytes());
+        if let Some(l) = link {
+            h.as_gnu_mut().unwrap().linkname[..l.len()].copy_from_slice(l.as_bytes());
+        }
+        h.set_entry_type(kind);
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        h.set_cksum();
+        out.extend_from_slice(h.as_bytes());
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+
+    fn layout_tar(extra: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+        let mut t = Vec::new();
+        entry(&mut t, "oci-layout", tar::EntryType::Regular, b"{}", None);
+        entry(&mut t, "index.json", tar::EntryType::Regular, br#"{"manifests":[]}"#, None);
+        extra(&mut t);
+        t.extend_from_slice(&[0; 1024]);
+        t
+    }
+
+    /// Unpacks `tar` into `root/into`; returns the error, and checks nothing else was made.
+    fn refused(tar: &[u8]) -> String {
+        let root = tempfile::tempdir().unwrap();
+        let into = root.path().join("into");
+        std::fs::create_dir(&into).unwrap();
+        let err = unpack_checked(tar, &into).expect_err("a hostile archive must be refused").to_string();
+        let names: Vec<_> = std::fs::read_dir(root.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["into"], "something was written beside the target");
+        err
+    }
+
+    #[test]
+    fn hostile_archives_are_refused() {
+        use tar::EntryType::{Directory, Link, Regular, Symlink};
+        let ok = layout_tar(|t| {
+            entry(t, "./blobs/", Directory, b"", None);
+            entry(t, "blobs/sha256/ab", Regular, b"blob", None);
+        });
+        let dir = tempfile::tempdir().unwrap();
+        unpack_checked(ok.as_slice(), dir.path()).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("blobs/sha256/ab")).unwrap(), b"blob");
+
+        let e = refused(&layout_tar(|t| entry(t, "../escaped", Regular, b"x", None)));
+        assert!(e.contains("leaves the archive's directory"), "{e}");
+        let e = refused(&layout_tar(|t| entry(t, "blobs/../../escaped", Regular, b"x", None)));
+        assert!(e.contains("leaves the archive's directory"), "{e}");
+        let e = refused(&layout_tar(|t| entry(t, "/tmp/escaped", Regular, b"x", None)));
+        assert!(e.contains("absolute path"), "{e}");
+        let e = refused(&layout_tar(|t| entry(t, "blobs", Symlink, b"", Some("/etc"))));
+        assert!(e.contains("is a link"), "{e}");
+        let e = refused(&layout_tar(|t| entry(t, "blobs/sha256/ab", Link, b"", Some("../../etc/passwd"))));
+        assert!(e.contains("is a link"), "{e}");
+        let e = refused(&layout_tar(|t| entry(t, "dev", tar::EntryType::Char, b"", None)));
+        assert!(e.contains("only files and directories"), "{e}");
+        let e = refused(&layout_tar(|t| entry(t, "index.json", Regular, b"{}", None)));
+        assert!(e.contains("appears twice"), "{e}");
+        let e = refused(&layout_tar(|t| entry(t, "./oci-layout", Regular, b"{}", None)));
+        assert!(e.contains("appears twice"), "{e}");
+        // Cut inside an entry's content.
+        let mut cut = layout_tar(|t| entry(t, "blobs/sha256/ab", Regular, &[7; 2000], None));
+        cut.truncate(512 * 3 + 512 + 700);
+        let e = refused(&cut);
+        assert!(e.contains("truncated") || e.contains("failed to fill") || e.contains("unexpected"), "{e}");
+        // Cut inside a header.
+        let mut cut = layout_tar(|t| entry(t, "blobs/sha256/ab", Regular, b"x", None));
+        cut.truncate(512 * 4 + 100);
+        refused(&cut);
+    }
+
+    #[test]
+    fn index_json_that_is_not_an_object_is_an_error() {
+        // `index["manifests"] = ..` panics on a JSON array: a hostile bundle must not get there.
+        for text in ["[]", "1", "\"x\"", "{\"manifests\":3}"] {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("index.json"), text).unwrap();
+            let e = rewrite_index(dir.path(), |_| {}).unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{text}: {e}");
+        }
+    }
 
     #[tokio::test]
     async fn round_trip() {

@@ -39,6 +39,40 @@ pub struct OciLayout {
     changed: AtomicBool,
 }
 
+/// `index.json` as JSON: an object whose `manifests`, if any, is an array. (Hostile layouts
+/// and archives come here: nothing below may assume more than this checks.)
+pub(crate) fn parse_index(path: &Path, bytes: &[u8]) -> Result<Value, MirrorError> {
+    let v: Value = serde_json::from_slice(bytes)
+        .map_err(|e| MirrorError::Invalid(format!("{} is not valid JSON: {e}", path.display())))?;
+    if !v.is_object() {
+        return Err(MirrorError::Invalid(format!("{} is not a JSON object", path.display())));
+    }
+    if !v["manifests"].is_array() && !v["manifests"].is_null() {
+        return Err(MirrorError::Invalid(format!("{} has no manifests array", path.display())));
+    }
+    Ok(v)
+}
+
+/// The descriptors of a parsed `index.json` of the layout at `root`.
+pub(crate) fn index_entries(root: &Path, index: &Value) -> Result<Vec<Descriptor>, MirrorError> {
+    let list = index["manifests"].as_array().cloned().unwrap_or_default();
+    list.into_iter()
+        .map(|e| {
+            serde_json::from_value(e).map_err(|e| {
+                MirrorError::Invalid(format!("{}/index.json has a bad entry: {e}", root.display()))
+            })
+        })
+        .collect()
+}
+
+/// The string annotations of a parsed `index.json` itself.
+pub(crate) fn index_annotations(index: &Value) -> HashMap<String, String> {
+    index["annotations"]
+        .as_object()
+        .map(|a| a.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned()))).collect())
+        .unwrap_or_default()
+}
+
 impl std::fmt::Debug for OciLayout {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OciLayout").field("root", &self.root).finish_non_exhaustive()
@@ -115,12 +149,7 @@ impl OciLayout {
         let path = self.root.join("index.json");
         let bytes =
             tokio::fs::read(&path).await.map_err(MirrorError::io(format!("reading {}", path.display())))?;
-        let v: Value = serde_json::from_slice(&bytes)
-            .map_err(|e| MirrorError::Invalid(format!("{} is not valid JSON: {e}", path.display())))?;
-        if !v["manifests"].is_array() && !v["manifests"].is_null() {
-            return Err(MirrorError::Invalid(format!("{} has no manifests array", path.display())));
-        }
-        Ok(v)
+        parse_index(&path, &bytes)
     }
 
     async fn write_index(&self, index: &Value) -> Result<(), MirrorError> {
@@ -136,15 +165,7 @@ impl OciLayout {
 
     /// The entries of `index.json`.
     pub async fn entries(&self) -> Result<Vec<Descriptor>, MirrorError> {
-        let v = self.read_index().await?;
-        let list = v["manifests"].as_array().cloned().unwrap_or_default();
-        list.into_iter()
-            .map(|e| {
-                serde_json::from_value(e).map_err(|e| {
-                    MirrorError::Invalid(format!("{}/index.json has a bad entry: {e}", self.root.display()))
-                })
-            })
-            .collect()
+        index_entries(&self.root, &self.read_index().await?)
     }
 
     /// The entry named `name`; without a name, the only entry (an error if there are several).
@@ -168,11 +189,7 @@ impl OciLayout {
 
     /// The annotations of `index.json` itself (e.g. the part numbers of a split bundle).
     pub async fn index_annotations(&self) -> Result<HashMap<String, String>, MirrorError> {
-        let v = self.read_index().await?;
-        Ok(v["annotations"]
-            .as_object()
-            .map(|a| a.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned()))).collect())
-            .unwrap_or_default())
+        Ok(index_annotations(&self.read_index().await?))
     }
 
     /// Every `ref.name` in `index.json`, in entry order.

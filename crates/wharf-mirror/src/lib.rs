@@ -31,6 +31,8 @@ mod archive;
 mod copier;
 mod endpoint;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod image_ref;
 mod index;
 mod job;

@@ -119,6 +119,16 @@ fn presented(headers: &HeaderMap) -> Presented {
     }
 }
 
+/// The kind of [`presented`] credentials, for the fuzz target.
+pub(crate) fn presented_kind(headers: &HeaderMap) -> &'static str {
+    match presented(headers) {
+        Presented::Nothing => "nothing",
+        Presented::Basic(..) => "basic",
+        Presented::Bearer(_) => "bearer",
+        Presented::Invalid => "invalid",
+    }
+}
+
 /// The address the request came from: the TCP peer, or the client a trusted proxy names in
 /// `X-Forwarded-For` (`[auth] trusted_proxies`). The login throttle counts by it.
 fn client_ip(auth: &Authority, req: &Request) -> IpAddr {

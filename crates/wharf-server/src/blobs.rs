@@ -10,7 +10,7 @@ use wharf_registry::{MountOutcome, Registry};
 use crate::{ApiError, ApiResult, CONTENT_DIGEST, UPLOAD_UUID, body_stream, header_str, hv, query_param};
 
 /// `Range: bytes=first-[last]` as (first, last). Only single ranges are supported.
-fn parse_range(headers: &HeaderMap) -> Result<Option<(u64, Option<u64>)>, ApiError> {
+pub(crate) fn parse_range(headers: &HeaderMap) -> Result<Option<(u64, Option<u64>)>, ApiError> {
     let Some(value) = header_str(headers, header::RANGE) else { return Ok(None) };
     let bad = || {
         ApiError::new(
@@ -138,7 +138,7 @@ pub async fn upload_status(reg: &Registry, repo: &RepoName, id: &str) -> ApiResu
 
 /// `Content-Range: <start>-<end>` of a chunk (the spec's form, without `bytes `).
 /// Returns the start offset, checked against `Content-Length` when both are given.
-fn chunk_start(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+pub(crate) fn chunk_start(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     let Some(value) = header_str(headers, header::CONTENT_RANGE) else { return Ok(None) };
     let bad = |why: &str| {
         ApiError::new(
@@ -155,7 +155,8 @@ fn chunk_start(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
         return Err(bad("ends before it starts"));
     }
     if let Some(len) = header_str(headers, header::CONTENT_LENGTH).and_then(|l| l.parse::<u64>().ok())
-        && len != end - start + 1
+        // `0-18446744073709551615` is u64::MAX + 1 bytes: no length matches it.
+        && Some(len) != (end - start).checked_add(1)
     {
         return Err(bad(&format!("does not match Content-Length {len}")));
     }

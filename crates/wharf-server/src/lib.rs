@@ -8,6 +8,8 @@ mod blobs;
 mod conn;
 mod discovery;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod manifests;
 mod metrics;
 pub mod mirrors;
@@ -353,8 +355,9 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        let hex = b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
-        match (b[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+        // Two hex digits exactly (`from_str_radix` alone would take `%+1`).
+        let hex = b.get(i + 1..i + 3).filter(|h| h.iter().all(u8::is_ascii_hexdigit));
+        match (b[i], hex.and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok())) {
             (b'%', Some(v)) => {
                 out.push(v);
                 i += 3;

@@ -13,6 +13,8 @@
 //! - [`Podman`], [`skopeo`], [`run_ok`]: the real clients with the flags they need here;
 //! - [`Slapd`]: a real OpenLDAP server with its own config and a small directory (users,
 //!   groups, a search account), optionally with ldaps:// and StartTLS;
+//! - [`HostileRegistry`]: a registry written by hand that misbehaves on purpose (cut blobs,
+//!   429/503, wrong hashes, redirects, endless headers);
 //! - [`sign`]: cosign-style signatures (simple-signing payload, ECDSA P-256) and SBOM artifacts.
 //!
 //! This crate is a dev-dependency only; its functions panic on environment failures (a missing
@@ -20,6 +22,7 @@
 
 mod distribution;
 mod garage;
+pub mod hostile;
 mod image;
 mod nginx;
 mod postgres;
@@ -38,6 +41,7 @@ use sha2::{Digest as _, Sha256};
 
 pub use distribution::{Distribution, htpasswd_line};
 pub use garage::{GARAGE_REGION, GARAGE_VERSION, Garage, garage_binary};
+pub use hostile::{Fault, HostileRegistry, Seen};
 pub use image::{
     Blob, Descriptor, ImageChild, Manifest, MediaTypes, Platform, REF_NAME, TestImage, TestImageBuilder,
     add_layout_ref, media_type, tar_layout, write_layout_blobs,

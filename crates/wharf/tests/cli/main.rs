@@ -7,6 +7,7 @@ mod copy;
 mod faults;
 mod fill;
 mod gc;
+mod hostile;
 mod interop;
 mod ldap;
 mod mirrors;
