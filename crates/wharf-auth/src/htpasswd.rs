@@ -36,7 +36,6 @@ impl fmt::Debug for Htpasswd {
 }
 
 /// The cost of a bcrypt hash (`$2y$NN$` + 53 characters), if it is one.
-
 fn bcrypt_cost(hash: &str) -> Option<u32> {
     let rest = ["$2y$", "$2b$", "$2a$", "$2x$"].iter().find_map(|p| hash.strip_prefix(p))?;
     let (cost, salt_and_hash) = rest.split_once('$')?;
