@@ -229,17 +229,6 @@ mod tests {
     }
 
     #[test]
-    fn refuses_a_cost_no_login_could_afford() {
-        // Parsing hashes a dummy at the file's highest cost: cost 31 would hang the start.
-        let four = line("u", "pw");
-        let slow = four.replace("$2y$04$", "$2y$31$");
-        let e = Htpasswd::parse(&format!("# x\n{slow}")).unwrap_err();
-        assert_eq!(e.line, 2);
-        assert!(e.reason.contains("cost 31") && e.reason.contains("17"), "{e}");
-        assert!(Htpasswd::parse(&four.replace("$2y$04$", "$2y$18$")).is_err());
-    }
-
-    #[test]
     fn refuses_other_hashes_and_nonsense() {
         let md5 = Htpasswd::parse("ci:$apr1$abc$def").unwrap_err();
         assert_eq!(md5.line, 1);
