@@ -85,8 +85,8 @@ printf '%-40s%14s%14s%14s\n' metric distribution wharf nginx
 for pair in "GET, 1 connection, mean latency (ms):LAT1" "GET, 1 connection (req/s):RPS1" \
             "GET, 32 connections (req/s):RPS32" "manifest GET by tag, 32 conns (req/s):TAG32" \
             "manifest GET by digest, 32 conns (req/s):DIGEST32" \
-            "ab: blob GET, 32 conns (req/s):AB_GET" "ab: blob HEAD, 32 conns (req/s):AB_HEAD" \
-            "ab: manifest HEAD by digest (req/s):AB_MHEAD"; do
+            "ab, blob GET, 32 conns (req/s):AB_GET" "ab, blob HEAD, 32 conns (req/s):AB_HEAD" \
+            "ab, manifest HEAD by digest (req/s):AB_MHEAD"; do
     label="${pair%%:*}"; arr="${pair##*:}"
     eval "printf '%-40s%14s%14s%14s\n' \"\$label\" \"\${$arr[distribution]}\" \"\${$arr[wharf]}\" \"\${$arr[nginx]}\""
 done
