@@ -21,7 +21,7 @@ pub mod throttle;
 pub mod token;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -261,38 +261,11 @@ impl Authority {
         }
     }
 
-    /// Check a password where the user lives: a user of the htpasswd file (or any user when
-    /// no directory is configured) by [`login`](Self::login) on the blocking pool; others
-    /// by the LDAP directory, as [`Identity::Member`] with their groups. `Ok(None)`: unknown
-    /// user or wrong password; `Err`: the directory could not say (down, slow, misconfigured).
-    /// Successes are cached like htpasswd logins; failures never are.
-    pub async fn authenticate(
-        self: &Arc<Self>,
-        user: String,
-        password: String,
-    ) -> Result<Option<Identity>, DirectoryError> {
-        if let Some(id) = self.cached_login(&user, &password) {
-            return Ok(Some(id));
-        }
-        let Some(directory) = self.directory_for(&user) else {
-            let a = self.clone();
-            return Ok(tokio::task::spawn_blocking(move || a.login(&user, &password)).await.ok().flatten());
-        };
-        let Some(found) = directory.login(&user, &password).await? else { return Ok(None) };
-        let id = Identity::Member { user: user.clone(), groups: found.groups };
-        self.cache.put(&user, &password, &id);
-        Ok(Some(id))
-    }
-
     /// The directory that checks `user`'s password: none for users of the htpasswd file
     /// (checked there first) and for the internal user.
     pub(crate) fn directory_for(&self, user: &str) -> Option<&Directory> {
         let in_file = self.htpasswd.as_ref().is_some_and(|h| h.contains(user));
         self.directory.as_ref().filter(|_| !in_file && user != INTERNAL_USER)
-    }
-
-    pub(crate) fn cache_login(&self, user: &str, password: &str, id: &Identity) {
-        self.cache.put(user, password, id);
     }
 
     /// What `id` may do on `repo`, by the rules.
@@ -519,17 +492,18 @@ mod tests {
     async fn htpasswd_users_are_checked_first_and_others_by_the_directory() {
         // Nothing listens on port 9: a login that reaches the directory is an error.
         let config = LdapConfig::new("ldap://127.0.0.1:9", "ou=people,dc=example,dc=org");
-        let a = Arc::new(authority(false).with_directory(Directory::new(config).unwrap()));
-        let login = |u: &str, p: &str| a.authenticate(u.into(), p.into());
-        assert_eq!(login("ci", "pw").await.unwrap(), Some(Identity::User("ci".into())));
+        let a = std::sync::Arc::new(authority(false).with_directory(Directory::new(config).unwrap()));
+        let client = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+        let login = |u: &str, p: &str| a.password_login(client, u.into(), p.into());
+        assert_eq!(login("ci", "pw").await, Ok(Identity::User("ci".into())));
         // A user of the file with a wrong password is refused by the file alone.
-        assert_eq!(login("ci", "wrong").await.unwrap(), None);
-        assert!(matches!(login("alice", "pw").await, Err(DirectoryError::Failed { .. })));
+        assert_eq!(login("ci", "wrong").await, Err(LoginError::Invalid));
+        assert!(matches!(login("alice", "pw").await, Err(LoginError::Directory(_))));
         // Cached directory logins keep their groups, and only for the password that worked.
         let alice = Identity::Member { user: "alice".into(), groups: vec!["platform".into()] };
         a.cache.put("alice", "pw", &alice);
-        assert_eq!(login("alice", "pw").await.unwrap(), Some(alice));
-        assert!(login("alice", "other").await.is_err());
+        assert_eq!(login("alice", "pw").await, Ok(alice));
+        assert!(matches!(login("alice", "other").await, Err(LoginError::Directory(_))));
         assert_eq!(a.cached_login("bob", "pw"), None);
     }
 

@@ -101,7 +101,7 @@ impl Authority {
             return match directory.login(&user, &password).await {
                 Ok(Some(found)) => {
                     let id = Identity::Member { user: user.clone(), groups: found.groups };
-                    self.cache_login(&user, &password, &id);
+                    self.cache.put(&user, &password, &id);
                     attempt.finish(true);
                     Ok(id)
                 }
