@@ -6,6 +6,7 @@ mod blobs;
 mod browse;
 mod catalog;
 mod gc;
+mod link_cache;
 mod locks;
 mod manifests;
 mod outbox;
@@ -14,6 +15,7 @@ mod uploads;
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
@@ -21,6 +23,7 @@ use sqlx::{Any, AnyPool, ConnectOptions, Connection, Executor, Row, Transaction}
 use wharf_oci::{Digest, RepoName};
 
 use crate::{MetadataError, Result, migrate};
+use link_cache::LinkCache;
 
 pub use browse::{RepoSummary, TagSummary};
 pub use gc::{BlobLink, GcTransaction, UnlinkedReference};
@@ -69,6 +72,8 @@ pub struct MetadataStore {
     backend: Backend,
     /// The schema created by [`MetadataStore::connect_postgres_isolated`].
     isolated_schema: Option<String>,
+    /// Blob links remembered for pulls (SQLite only; see `link_cache.rs`).
+    links: Option<Arc<LinkCache>>,
 }
 
 impl std::fmt::Debug for MetadataStore {
@@ -167,7 +172,8 @@ impl MetadataStore {
                 .max_lifetime(None)
                 .connect(url)
                 .await?;
-            return Self::finish(pool.clone(), pool, Backend::Sqlite, None).await;
+            let this = Self::finish(pool.clone(), pool, Backend::Sqlite, None).await?;
+            return Ok(Self { links: Some(Arc::new(LinkCache::new(None))), ..this });
         };
         if let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| {
@@ -198,7 +204,7 @@ impl MetadataStore {
                 .max_connections(sqlite_readers())
                 .connect(&url)
                 .await?;
-        Ok(Self { read, ..this })
+        Ok(Self { read, links: Some(Arc::new(LinkCache::new(Some(Path::new(path))))), ..this })
     }
 
     /// For tests: connects to the PostgreSQL server at `base_url` and works in a fresh schema
@@ -266,7 +272,7 @@ impl MetadataStore {
         backend: Backend,
         isolated_schema: Option<String>,
     ) -> Result<Self> {
-        let this = Self { read, write, backend, isolated_schema };
+        let this = Self { read, write, backend, isolated_schema, links: None };
         let mut tx = this.begin().await?;
         let before = migrate::run(&mut tx, backend).await?;
         tx.commit().await?;

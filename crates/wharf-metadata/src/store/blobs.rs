@@ -15,8 +15,13 @@ impl MetadataStore {
         Ok(())
     }
 
-    /// The blob's size, only if the blob is linked to `repo`.
+    /// The blob's size, only if the blob is linked to `repo`. The pull hot path: on SQLite
+    /// answered from memory once read (see `link_cache.rs`).
     pub async fn linked_blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>> {
+        if let Some(size) = self.links.as_ref().and_then(|c| c.get(repo, digest)) {
+            return Ok(Some(size));
+        }
+        let generation = self.links.as_ref().map(|c| c.generation());
         let row = sqlx::query(
             "SELECT b.size FROM blob_links l JOIN blobs b ON b.digest = l.digest \
              WHERE l.repo = $1 AND l.digest = $2",
@@ -25,7 +30,11 @@ impl MetadataStore {
         .bind(digest.to_string())
         .fetch_optional(&self.read)
         .await?;
-        row.map(|r| row_size(&r, "size")).transpose()
+        let size = row.map(|r| row_size(&r, "size")).transpose()?;
+        if let (Some(c), Some(g), Some(size)) = (&self.links, generation, size) {
+            c.fill(g, repo, digest, size);
+        }
+        Ok(size)
     }
 
     /// The blob's size if the registry knows it in any repository.
@@ -54,7 +63,11 @@ impl MetadataStore {
             .bind(digest.to_string())
             .execute(&self.write)
             .await?;
-        Ok(done.rows_affected() > 0)
+        let removed = done.rows_affected() > 0;
+        if removed && let Some(c) = &self.links {
+            c.unlinked();
+        }
+        Ok(removed)
     }
 }
 

@@ -1,10 +1,13 @@
 //! Garbage collection and fsck: what may be unlinked or deleted, the paged scans, and the
 //! sweep's write transaction ([`GcTransaction`]).
 
+use std::sync::Arc;
+
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 use wharf_oci::{Digest, RepoName};
 
+use super::link_cache::LinkCache;
 use super::{Backend, MetadataStore, parse_repo, placeholders, row_digest, row_size};
 use crate::{Result, StoredManifest};
 
@@ -116,7 +119,7 @@ impl MetadataStore {
         if self.backend == Backend::Postgres {
             sqlx::query("LOCK TABLE blobs, blob_links IN SHARE ROW EXCLUSIVE MODE").execute(&mut *tx).await?;
         }
-        Ok(GcTransaction { tx, backend: self.backend })
+        Ok(GcTransaction { tx, backend: self.backend, links: self.links.clone(), removed_links: false })
     }
 
     /// Up to `limit` blob links, ordered by digest then repository, strictly after `after`
@@ -196,6 +199,9 @@ impl MetadataStore {
 pub struct GcTransaction {
     tx: Transaction<'static, Any>,
     backend: Backend,
+    links: Option<Arc<LinkCache>>,
+    /// Whether a link was removed: remembered links must then be forgotten at the commit.
+    removed_links: bool,
 }
 
 impl std::fmt::Debug for GcTransaction {
@@ -223,7 +229,9 @@ impl GcTransaction {
         .bind(cutoff)
         .execute(&mut *self.tx)
         .await?;
-        Ok(done.rows_affected() > 0)
+        let removed = done.rows_affected() > 0;
+        self.removed_links |= removed;
+        Ok(removed)
     }
 
     /// Deletes the `blobs` rows of those of `digests` that no repository links and no manifest
@@ -278,7 +286,15 @@ impl GcTransaction {
     }
 
     pub async fn commit(self) -> Result<()> {
-        self.tx.commit().await?;
+        let committed = self.tx.commit().await;
+        // Also after a failed commit: whether it landed is not always known, and forgetting
+        // costs only a query.
+        if self.removed_links
+            && let Some(c) = &self.links
+        {
+            c.unlinked();
+        }
+        committed?;
         Ok(())
     }
 
