@@ -1,5 +1,6 @@
 //! The state of one image copy: both ends, its counters, and the steps every transport shares.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -25,6 +26,9 @@ pub(crate) struct Job<'a> {
     pub filtered: AtomicU64,
     pub referrers: AtomicUsize,
     pub warnings: Mutex<Vec<String>>,
+    /// Manifests this job stored at the destination by digest (they were not there before):
+    /// no tag there can point at one yet, so publishing it needs no look at the tag.
+    pub pushed: Mutex<HashSet<Digest>>,
 }
 
 impl<'a> Job<'a> {
@@ -38,6 +42,7 @@ impl<'a> Job<'a> {
             filtered: AtomicU64::new(0),
             referrers: AtomicUsize::new(0),
             warnings: Mutex::new(Vec::new()),
+            pushed: Mutex::new(HashSet::new()),
         }
     }
 
@@ -98,7 +103,11 @@ impl<'a> Job<'a> {
     pub async fn publish(&self, pushed: &RawManifest, name: Option<&ImageName>) -> Result<bool, MirrorError> {
         match (name, &self.dst) {
             (Some(name), _) => {
-                if self.dst.name_digest(name).await? == Some(pushed.digest.clone()) {
+                // A registry needs no HEAD of the tag for a manifest this job just stored: every
+                // request counts when hundreds of images are synced.
+                let fresh = matches!(self.dst, Endpoint::Registry(_))
+                    && self.pushed.lock().expect("not poisoned").contains(&pushed.digest);
+                if !fresh && self.dst.name_digest(name).await? == Some(pushed.digest.clone()) {
                     return Ok(false);
                 }
                 if !self.dry_run() {

@@ -94,6 +94,7 @@ impl Job<'_> {
             self.plan_manifest(&m.digest);
         } else {
             self.dst.put_manifest(m, None).await?;
+            self.pushed.lock().expect("not poisoned").insert(m.digest.clone());
         }
         self.add_copied(size);
         Ok(())
