@@ -280,7 +280,7 @@ make_small_image() {
 # One registry's figures, in arrays keyed by its name: push and pull of the blob
 # $TMP/blob-NAME (digest DIGEST[NAME], BLOB_BYTES long), the server's RSS before and at its peak
 # during the push, and wrk's manifest GETs of the small image for WRK_SECONDS.
-declare -A PUSH PULL RPS RSS BASE_RSS NON2XX
+declare -A PUSH PULL RPS RSS BASE_RSS NON2XX RSS_END
 
 measure() { # name addr  (the registry started under that name)
     local name="$1" addr="$2" out code secs
@@ -312,5 +312,7 @@ measure() { # name addr  (the registry started under that name)
     RPS[$name]="$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' <<<"$out")"
     NON2XX[$name]="$(awk '/Non-2xx or 3xx responses:/ { print $NF }' <<<"$out")"
     NON2XX[$name]="${NON2XX[$name]:-0}"
+    # The peak over everything above: the push, the pull, and 32 connections of GETs.
+    RSS_END[$name]="$(vm "${PIDS[$name]}" VmHWM)"
 }
 

@@ -98,7 +98,11 @@ declare -A PUSH_PCT
 for n in "${names[@]}"; do PUSH_PCT[$n]="$(awk -v p="${PUSH[$n]}" -v l="$limit" 'BEGIN { printf "%.0f%%", 100 * p / l }')"; done
 row "blob push / slower limit" PUSH_PCT
 row "blob pull (MB/s)" PULL
+declare -A PULL_X
+for n in "${names[@]}"; do PULL_X[$n]="$(awk -v p="${PULL[$n]}" -v d="${PULL[distribution]:-0}" 'BEGIN { if (d > 0) printf "%.2fx", p / d; else print "n/a" }')"; done
+row "blob pull / distribution's" PULL_X
 row "manifest GET (req/s, wrk -t2 -c32)" RPS
 row "  non-2xx responses" NON2XX
 row "peak RSS during push (MiB)" RSS
+row "peak RSS, push + pull + GETs (MiB)" RSS_END
 row "RSS before push (MiB)" BASE_RSS
