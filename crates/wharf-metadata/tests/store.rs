@@ -75,6 +75,7 @@ suite!(
     children_presence_is_derived,
     delete_manifest_removes_tags_refs_and_children,
     blob_links_are_per_repository,
+    a_link_removed_by_another_store_is_gone_at_once,
     upload_sessions,
     migrations_are_idempotent,
     concurrent_puts_of_one_manifest,
@@ -538,6 +539,36 @@ async fn delete_manifest_removes_tags_refs_and_children(ctx: &Ctx) {
     s.put_manifest(put).await.unwrap();
     assert_eq!(s.index_children(&r, &index).await.unwrap().len(), 1);
     assert!(s.index_children(&r, &index).await.unwrap()[0].present);
+}
+
+/// `wharf gc` is another process with its own store on the same database: a link it removes
+/// must not be answered from what a serving store remembers (on SQLite pulls answer links from
+/// memory; see `link_cache.rs`).
+async fn a_link_removed_by_another_store_is_gone_at_once(ctx: &Ctx) {
+    let server = &ctx.store;
+    let gc = MetadataStore::connect(&ctx.url).await.unwrap();
+    let app = repo("app");
+    let (swept, deleted) = (blob(41), blob(42));
+    for d in [&swept, &deleted] {
+        gc.link_blob(&app, d, 41).await.unwrap();
+        // Asked twice: the second answer may come from memory.
+        for _ in 0..2 {
+            assert_eq!(server.linked_blob_size(&app, d).await.unwrap(), Some(41));
+        }
+    }
+
+    let mut tx = gc.begin_gc().await.unwrap();
+    assert!(tx.remove_link_if_unreferenced(&app, &swept, i64::MAX).await.unwrap());
+    tx.commit().await.unwrap();
+    assert_eq!(server.linked_blob_size(&app, &swept).await.unwrap(), None, "removed by gc");
+
+    assert!(gc.unlink_blob(&app, &deleted).await.unwrap());
+    assert_eq!(server.linked_blob_size(&app, &deleted).await.unwrap(), None, "removed by DELETE");
+
+    // Linked again: readable again.
+    gc.link_blob(&app, &swept, 41).await.unwrap();
+    assert_eq!(server.linked_blob_size(&app, &swept).await.unwrap(), Some(41));
+    gc.close().await;
 }
 
 async fn blob_links_are_per_repository(ctx: &Ctx) {
