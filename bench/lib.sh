@@ -185,6 +185,25 @@ EOF
     PIDS[$name]=$!
 }
 
+# Starts nginx, one process, serving the files in $TMP/nginx/www on a free port of 127.0.0.1 (the
+# reference for static files), with any further http-level directives; records its pid in
+# PIDS[nginx] and sets NGINX_ADDR once it answers.
+start_nginx() { # [http-directives]
+    local d="$TMP/nginx" port
+    port="$(free_port)"; mkdir -p "$d/www"
+    cat > "$d/nginx.conf" <<EOT
+daemon off; master_process off; pid $d/nginx.pid; error_log $d/error.log warn;
+events { worker_connections 1024; }
+http { access_log off; ${1:-} client_body_temp_path $d/b; proxy_temp_path $d/p; fastcgi_temp_path $d/f; uwsgi_temp_path $d/u; scgi_temp_path $d/s;
+  server { listen 127.0.0.1:$port; root $d/www; } }
+EOT
+    nginx -p "$d" -c "$d/nginx.conf" > "$d/log" 2>&1 &
+    PIDS[nginx]=$!
+    NGINX_ADDR="127.0.0.1:$port"
+    for _ in $(seq 1 50); do curl -s -o /dev/null "http://$NGINX_ADDR/" && return 0; sleep 0.1; done
+    log "nginx did not answer on $NGINX_ADDR"; exit 1
+}
+
 # Waits up to 30 s for registry NAME to answer GET /v2/ with 200. Returns 2 when the process has
 # exited (and is reaped), 1 on the timeout (it is left running, in PIDS, for the caller).
 wait_ready() { # name addr

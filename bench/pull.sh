@@ -57,17 +57,9 @@ for kind in distribution wharf; do
     drop_registry "$kind"
 done
 
-port="$(free_port)"; d="$TMP/nginx"; mkdir -p "$d/www"; mv "$TMP/blob" "$d/www/blob"
-cat > "$d/nginx.conf" <<EOT
-daemon off; master_process off; pid $d/nginx.pid; error_log $d/error.log warn;
-events { worker_connections 1024; }
-http { access_log off; sendfile on; client_body_temp_path $d/b; proxy_temp_path $d/p; fastcgi_temp_path $d/f; uwsgi_temp_path $d/u; scgi_temp_path $d/s;
-  server { listen 127.0.0.1:$port; root $d/www; } }
-EOT
-nginx -p "$d" -c "$d/nginx.conf" > "$d/log" 2>&1 &
-PIDS[nginx]=$!
-for _ in $(seq 1 50); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
-measure_pulls nginx "${PIDS[nginx]}" "http://127.0.0.1:$port/blob"
+mkdir -p "$TMP/nginx/www"; mv "$TMP/blob" "$TMP/nginx/www/blob"
+start_nginx "sendfile on;"
+measure_pulls nginx "${PIDS[nginx]}" "http://$NGINX_ADDR/blob"
 
 printf '\nBlob pull, %s MiB, loopback, %s cores, %s\n\n' "$BLOB_MIB" "$(nproc)" "$(date -u +%Y-%m-%dT%H:%MZ)"
 printf '%-40s %14s %14s %14s\n' metric distribution wharf nginx

@@ -62,22 +62,14 @@ done
 
 # nginx, one process, serving the same bytes as a static file (and the manifest, for the rows
 # below: one file either way).
-port="$(free_port)"; d="$TMP/nginx"; mkdir -p "$d/www"; cp "$TMP/small" "$d/www/small"
-cat > "$d/nginx.conf" <<EOT
-daemon off; master_process off; pid $d/nginx.pid; error_log $d/error.log warn;
-events { worker_connections 1024; }
-http { access_log off; client_body_temp_path $d/b; proxy_temp_path $d/p; fastcgi_temp_path $d/f; uwsgi_temp_path $d/u; scgi_temp_path $d/s;
-  server { listen 127.0.0.1:$port; root $d/www; } }
-EOT
-nginx -p "$d" -c "$d/nginx.conf" > "$d/log" 2>&1 &
-PIDS[nginx]=$!
-for _ in $(seq 1 50); do curl -s -o /dev/null "http://127.0.0.1:$port/small" && break; sleep 0.1; done
+mkdir -p "$TMP/nginx/www"; cp "$TMP/small" "$TMP/nginx/www/small"
+start_nginx
 log "[nginx] small file GETs..."
-measure_small nginx "http://127.0.0.1:$port/small"
-cp "$TMP/img/manifest.json" "$d/www/manifest"
-TAG32[nginx]="$(run_wrk "http://127.0.0.1:$port/manifest" 2 32)"; TAG32[nginx]="${TAG32[nginx]#* }"
+measure_small nginx "http://$NGINX_ADDR/small"
+cp "$TMP/img/manifest.json" "$TMP/nginx/www/manifest"
+TAG32[nginx]="$(run_wrk "http://$NGINX_ADDR/manifest" 2 32)"; TAG32[nginx]="${TAG32[nginx]#* }"
 DIGEST32[nginx]="${TAG32[nginx]}"
-AB_MHEAD[nginx]="$(run_ab "http://127.0.0.1:$port/manifest" -i)"
+AB_MHEAD[nginx]="$(run_ab "http://$NGINX_ADDR/manifest" -i)"
 stop_server nginx
 
 printf '\nSmall blob (584 B) on kept-alive connections, loopback, %s cores, %s\n\n' "$(nproc)" "$(date -u +%Y-%m-%dT%H:%MZ)"
