@@ -2,9 +2,13 @@
 # Small blobs on kept-alive connections: what every client pays for configs, signatures and
 # small layers. GET of a 584-byte blob with wrk, one connection (-t1 -c1: latency) and 32
 # (-t2 -c32: rate), HEAD of it, against CNCF distribution 2.8 and nginx serving a file of the
-# same size (the reference), side by side in one run.
+# same size (the reference), side by side in one run; Wharf on SQLite and, when PostgreSQL is
+# reachable, on PostgreSQL.
 #
-# usage: bench/small.sh [path-to-wharf-binary]     env: BENCH_WRK_SECONDS (default 5), TMPDIR
+# usage: bench/small.sh [path-to-wharf-binary]
+# env:   BENCH_WRK_SECONDS (default 5), BENCH_AB_REQUESTS (default 50000), TMPDIR,
+#        BENCH_POSTGRES (default postgres://postgres@127.0.0.1:5432/postgres: a database is made
+#        there for the run and dropped after)
 set -euo pipefail
 # shellcheck source=bench/lib.sh
 . "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib.sh"
@@ -42,8 +46,25 @@ measure_small() { # name url
     AB_HEAD[$1]="$(run_ab "$2" -i)"
 }
 
-for kind in distribution wharf; do
-    start_registry "$kind" "$kind"
+# Wharf on PostgreSQL too (what replicas run), when psql reaches BENCH_POSTGRES: in a database
+# of its own, dropped at the end. On SQLite blob links and manifests are answered from memory;
+# on PostgreSQL every request is a query, since other replicas may change them.
+PG_ADMIN="${BENCH_POSTGRES:-postgres://postgres@127.0.0.1:5432/postgres}"
+KINDS=(distribution wharf)
+PG_DB="wharf_small_bench_$$"
+if command -v psql >/dev/null && psql "$PG_ADMIN" -qAtc "CREATE DATABASE $PG_DB" >/dev/null 2>&1; then
+    KINDS+=(wharf-pg)
+    PG_URL="${PG_ADMIN%/*}/$PG_DB"
+    trap 'cleanup; psql "$PG_ADMIN" -qAtc "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" >/dev/null 2>&1' EXIT
+else
+    log "PostgreSQL not reachable at $PG_ADMIN (BENCH_POSTGRES): measuring Wharf on SQLite only"
+fi
+
+for kind in "${KINDS[@]}"; do
+    case "$kind" in
+        wharf-pg) start_registry "$kind" wharf --database "$PG_URL" ;;
+        *) start_registry "$kind" "$kind" ;;
+    esac
     out="$(push_blob "$ADDR" bench "$TMP/small" "$DIGEST")"
     [ "${out%% *}" = 201 ] || { log "$kind: small blob PUT answered $out"; exit 1; }
     log "[$kind] small blob GETs..."
@@ -73,12 +94,15 @@ AB_MHEAD[nginx]="$(run_ab "http://$NGINX_ADDR/manifest" -i)"
 stop_server nginx
 
 printf '\nSmall blob (584 B) on kept-alive connections, loopback, %s cores, %s\n\n' "$(nproc)" "$(date -u +%Y-%m-%dT%H:%MZ)"
-printf '%-40s%14s%14s%14s\n' metric distribution wharf nginx
+COLUMNS_=("${KINDS[@]}" nginx)
+printf '%-40s' metric; printf '%14s' "${COLUMNS_[@]}"; printf '\n'
 for pair in "GET, 1 connection, mean latency (ms):LAT1" "GET, 1 connection (req/s):RPS1" \
             "GET, 32 connections (req/s):RPS32" "manifest GET by tag, 32 conns (req/s):TAG32" \
             "manifest GET by digest, 32 conns (req/s):DIGEST32" \
             "ab, blob GET, 32 conns (req/s):AB_GET" "ab, blob HEAD, 32 conns (req/s):AB_HEAD" \
             "ab, manifest HEAD by digest (req/s):AB_MHEAD"; do
     label="${pair%%:*}"; arr="${pair##*:}"
-    eval "printf '%-40s%14s%14s%14s\n' \"\$label\" \"\${$arr[distribution]}\" \"\${$arr[wharf]}\" \"\${$arr[nginx]}\""
+    printf '%-40s' "$label"
+    for k in "${COLUMNS_[@]}"; do eval "printf '%14s' \"\${$arr[\$k]}\""; done
+    printf '\n'
 done
