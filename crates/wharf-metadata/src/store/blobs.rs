@@ -18,10 +18,11 @@ impl MetadataStore {
     /// The blob's size, only if the blob is linked to `repo`. The pull hot path: on SQLite
     /// answered from memory once read (see `link_cache.rs`).
     pub async fn linked_blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>> {
-        if let Some(size) = self.links.as_ref().and_then(|c| c.get(repo, digest)) {
-            return Ok(Some(size));
-        }
-        let generation = self.links.as_ref().map(|c| c.generation());
+        let generation = match self.links.as_ref().map(|c| c.lookup(repo, digest)) {
+            Some(Ok(size)) => return Ok(Some(size)),
+            Some(Err(generation)) => Some(generation),
+            None => None,
+        };
         let row = sqlx::query(
             "SELECT b.size FROM blob_links l JOIN blobs b ON b.digest = l.digest \
              WHERE l.repo = $1 AND l.digest = $2",

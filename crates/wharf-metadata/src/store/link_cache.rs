@@ -90,19 +90,15 @@ impl LinkCache {
         }
     }
 
-    /// The size of `digest` if it is remembered as linked to `repo`.
-    pub(crate) fn get(&self, repo: &RepoName, digest: &Digest) -> Option<u64> {
+    /// `Ok(size)` if `digest` is remembered as linked to `repo`; else `Err(generation)`, to
+    /// read the link from the database and pass to [`LinkCache::fill`]. One lock, one `stat`.
+    pub(crate) fn lookup(&self, repo: &RepoName, digest: &Digest) -> Result<u64, u64> {
         let mut entries = self.entries();
         self.check_epoch(&mut entries);
-        let (size, at) = *entries.links.get(repo)?.get(digest)?;
-        (at.elapsed() < MAX_AGE).then_some(size)
-    }
-
-    /// To call before reading a link from the database; pass it to [`LinkCache::fill`].
-    pub(crate) fn generation(&self) -> u64 {
-        let mut entries = self.entries();
-        self.check_epoch(&mut entries);
-        self.generation.load(Ordering::Acquire)
+        match entries.links.get(repo).and_then(|m| m.get(digest)) {
+            Some(&(size, at)) if at.elapsed() < MAX_AGE => Ok(size),
+            _ => Err(self.generation.load(Ordering::Acquire)),
+        }
     }
 
     /// Remembers a link read from the database, unless something was unlinked since the read
@@ -164,6 +160,11 @@ fn bump_epoch_file(path: &Path) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
+    /// The generation a reader that missed `digest` would pass to `fill`.
+    fn gen_of(cache: &LinkCache, repo: &RepoName, digest: &Digest) -> u64 {
+        cache.lookup(repo, digest).unwrap_err()
+    }
+
     fn key(n: u8) -> (RepoName, Digest) {
         ("team/app".parse().unwrap(), Digest::sha256_of(&[n]))
     }
@@ -172,16 +173,15 @@ mod tests {
     fn a_link_removed_in_this_process_is_forgotten_and_a_stale_fill_dropped() {
         let cache = LinkCache::new(None);
         let (repo, d) = key(1);
-        let g = cache.generation();
+        let g = cache.lookup(&repo, &d).unwrap_err();
         cache.fill(g, &repo, &d, 7);
-        assert_eq!(cache.get(&repo, &d), Some(7));
-        assert_eq!(cache.get(&"other".parse().unwrap(), &d), None, "only in its repository");
+        assert_eq!(cache.lookup(&repo, &d), Ok(7));
+        assert!(cache.lookup(&"other".parse().unwrap(), &d).is_err(), "only in its repository");
 
-        let before = cache.generation();
         cache.unlinked(); // a delete commits while a reader is at the database
-        assert_eq!(cache.get(&repo, &d), None);
-        cache.fill(before, &repo, &d, 7);
-        assert_eq!(cache.get(&repo, &d), None, "a read from before the unlink must not land");
+        assert!(cache.lookup(&repo, &d).is_err());
+        cache.fill(g, &repo, &d, 7);
+        assert!(cache.lookup(&repo, &d).is_err(), "a read from before the unlink must not land");
     }
 
     #[test]
@@ -191,21 +191,22 @@ mod tests {
         let server = LinkCache::new(Some(&db));
         let gc = LinkCache::new(Some(&db)); // `wharf gc`, another process on the same file
         let (repo, d) = key(2);
-        server.fill(server.generation(), &repo, &d, 9);
-        assert_eq!(server.get(&repo, &d), Some(9));
+        server.fill(gen_of(&server, &repo, &d), &repo, &d, 9);
+        assert_eq!(server.lookup(&repo, &d).ok(), Some(9));
 
-        let before = server.generation();
+        // A reader of another link is at the database when gc commits.
+        let before = gen_of(&server, &repo, &key(3).1);
         gc.unlinked();
-        assert_eq!(server.get(&repo, &d), None, "the epoch file changed");
+        assert_eq!(server.lookup(&repo, &d).ok(), None, "the epoch file changed");
         server.fill(before, &repo, &d, 9);
-        assert_eq!(server.get(&repo, &d), None, "a read from before the gc must not land");
+        assert_eq!(server.lookup(&repo, &d).ok(), None, "a read from before the gc must not land");
 
         // Every bump changes what readers compare, also when the file is emptied.
         for _ in 0..(EPOCH_FILE_MAX + 3) {
-            server.fill(server.generation(), &repo, &d, 9);
-            assert_eq!(server.get(&repo, &d), Some(9));
+            server.fill(gen_of(&server, &repo, &d), &repo, &d, 9);
+            assert_eq!(server.lookup(&repo, &d).ok(), Some(9));
             gc.unlinked();
-            assert_eq!(server.get(&repo, &d), None);
+            assert_eq!(server.lookup(&repo, &d).ok(), None);
         }
         assert!(std::fs::metadata(gc.epoch_file.as_ref().unwrap()).unwrap().len() < EPOCH_FILE_MAX);
     }
@@ -216,7 +217,7 @@ mod tests {
         let repo: RepoName = "a".parse().unwrap();
         for i in 0..=MAX_ENTRIES {
             let d = Digest::sha256_of(&i.to_le_bytes());
-            cache.fill(cache.generation(), &repo, &d, 1);
+            cache.fill(gen_of(&cache, &repo, &d), &repo, &d, 1);
         }
         assert_eq!(cache.entries().count, 1);
     }
