@@ -169,6 +169,32 @@ async fn put_image(s: &MetadataStore, r: &RepoName, img: &Image, t: Option<&Tag>
     .unwrap();
 }
 
+/// Stores `content` as an OCI index with these children under tag `t`; returns its digest.
+async fn put_index(
+    s: &MetadataStore,
+    r: &RepoName,
+    content: &[u8],
+    children: &[ChildRecord],
+    t: &str,
+) -> Digest {
+    let digest = Digest::sha256_of(content);
+    s.put_manifest(NewManifest {
+        repo: r,
+        digest: &digest,
+        media_type: INDEX,
+        content,
+        subject: None,
+        artifact_type: None,
+        annotations_json: None,
+        blob_refs: &[],
+        children,
+        tag: Some(&tag(t)),
+    })
+    .await
+    .unwrap();
+    digest
+}
+
 fn child(position: u32, digest: &Digest, platform: Option<&str>) -> ChildRecord {
     ChildRecord {
         position,
@@ -416,21 +442,7 @@ async fn children_presence_is_derived(ctx: &Ctx) {
         child(3, &attestation.digest, None),
     ];
     let content = b"{\"index\": 1}".to_vec();
-    let index = Digest::sha256_of(&content);
-    s.put_manifest(NewManifest {
-        repo: &r,
-        digest: &index,
-        media_type: INDEX,
-        content: &content,
-        subject: None,
-        artifact_type: None,
-        annotations_json: None,
-        blob_refs: &[],
-        children: &children,
-        tag: Some(&tag("v1")),
-    })
-    .await
-    .unwrap();
+    let index = put_index(s, &r, &content, &children, "v1").await;
 
     let presence =
         |list: &[wharf_metadata::ChildPresence]| -> Vec<bool> { list.iter().map(|c| c.present).collect() };
@@ -471,20 +483,7 @@ async fn children_presence_is_derived(ctx: &Ctx) {
     assert!(listing[0].1.present);
 
     // Re-putting the index keeps its children as first recorded.
-    s.put_manifest(NewManifest {
-        repo: &r,
-        digest: &index,
-        media_type: INDEX,
-        content: &content,
-        subject: None,
-        artifact_type: None,
-        annotations_json: None,
-        blob_refs: &[],
-        children: &children,
-        tag: Some(&tag("v2")),
-    })
-    .await
-    .unwrap();
+    assert_eq!(put_index(s, &r, &content, &children, "v2").await, index);
     assert_eq!(s.index_children(&r, &index).await.unwrap().len(), 4);
     assert_eq!(s.resolve_tag(&r, &tag("v2")).await.unwrap(), Some(index.clone()));
 
@@ -517,26 +516,13 @@ async fn delete_manifest_removes_tags_refs_and_children(ctx: &Ctx) {
     // Deleting an index removes its children rows; pushing it again records them again.
     let children = [child(0, &keep.digest, Some("linux/amd64"))];
     let content = b"{\"index\": 2}".to_vec();
-    let index = Digest::sha256_of(&content);
-    let put = NewManifest {
-        repo: &r,
-        digest: &index,
-        media_type: INDEX,
-        content: &content,
-        subject: None,
-        artifact_type: None,
-        annotations_json: None,
-        blob_refs: &[],
-        children: &children,
-        tag: Some(&tag("idx")),
-    };
-    s.put_manifest(put).await.unwrap();
+    let index = put_index(s, &r, &content, &children, "idx").await;
     assert_eq!(s.indexes_listing(&r, &keep.digest).await.unwrap().len(), 1);
     assert!(s.delete_manifest(&r, &index).await.unwrap());
     assert!(s.index_children(&r, &index).await.unwrap().is_empty());
     assert!(s.indexes_listing(&r, &keep.digest).await.unwrap().is_empty());
     assert_eq!(s.resolve_tag(&r, &tag("idx")).await.unwrap(), None);
-    s.put_manifest(put).await.unwrap();
+    put_index(s, &r, &content, &children, "idx").await;
     assert_eq!(s.index_children(&r, &index).await.unwrap().len(), 1);
     assert!(s.index_children(&r, &index).await.unwrap()[0].present);
 }
@@ -744,21 +730,7 @@ async fn browse_summaries_page_and_count(ctx: &Ctx) {
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let children = [child(0, &amd.digest, Some("linux/amd64")), child(1, &arm.digest, Some("linux/arm64"))];
     let content = b"{\"index\": \"browse\"}".to_vec();
-    let index = Digest::sha256_of(&content);
-    s.put_manifest(NewManifest {
-        repo: &r,
-        digest: &index,
-        media_type: INDEX,
-        content: &content,
-        subject: None,
-        artifact_type: None,
-        annotations_json: None,
-        blob_refs: &[],
-        children: &children,
-        tag: Some(&tag("v1")),
-    })
-    .await
-    .unwrap();
+    let index = put_index(s, &r, &content, &children, "v1").await;
     for i in 0..5 {
         put_image(s, &repo("plain_app"), &image(&format!("p{i}")), Some(&tag(&format!("t{i}")))).await;
     }
