@@ -117,7 +117,7 @@ impl Job<'_> {
         }
         let tags = self.src.tags().await?;
         for suffix in COSIGN_SUFFIXES {
-            let name = format!("{}.{suffix}", subject.tag_form());
+            let name = subject.cosign_tag(suffix);
             if !tags.contains(&name) {
                 continue;
             }

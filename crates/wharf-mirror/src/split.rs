@@ -174,7 +174,7 @@ async fn units(layout: &OciLayout, raw: &[Value]) -> Result<Vec<Unit>, MirrorErr
     let attached_to = |digest: &Digest| -> Vec<usize> {
         let mut out = referrers.get(digest).cloned().unwrap_or_default();
         for s in COSIGN_SUFFIXES {
-            if let Some(&i) = names.get(&format!("{}.{s}", digest.tag_form())) {
+            if let Some(&i) = names.get(&digest.cosign_tag(s)) {
                 out.push(i);
             }
         }

@@ -79,6 +79,12 @@ impl Digest {
         format!("{}-{}", self.algorithm.as_str(), self.hex)
     }
 
+    /// cosign's tag for its `suffix` artifacts (`sig`, `att`, `sbom`) of the manifest with
+    /// this digest: `sha256-<hex>.<suffix>`.
+    pub fn cosign_tag(&self, suffix: &str) -> String {
+        format!("{}.{suffix}", self.tag_form())
+    }
+
     /// Parses the [`tag_form`](Self::tag_form) back; `None` if `s` is not one.
     pub fn from_tag_form(s: &str) -> Option<Digest> {
         s.replacen('-', ":", 1).parse().ok()
@@ -170,6 +176,7 @@ mod tests {
         assert_eq!(d.to_string(), EMPTY);
         assert_eq!(d, Digest::sha256_of(b""));
         assert_eq!(d.tag_form(), EMPTY.replace(':', "-"));
+        assert_eq!(d.cosign_tag("sig"), format!("{}.sig", EMPTY.replace(':', "-")));
     }
 
     #[test]

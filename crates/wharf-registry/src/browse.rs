@@ -22,11 +22,6 @@ pub struct TagSchemeReferrer {
     pub digest: Digest,
 }
 
-/// The tag cosign gives `suffix` artifacts of `subject`: `sha256-<hex>.sig`.
-pub fn cosign_tag(subject: &Digest, suffix: &str) -> String {
-    format!("{}.{suffix}", subject.to_string().replacen(':', "-", 1))
-}
-
 impl Registry {
     /// Repositories whose name contains `search`, sorted, strictly after `after`, at most `n`.
     pub async fn repo_summaries(
@@ -88,7 +83,7 @@ impl Registry {
         let mut wanted = Vec::new();
         for s in subjects {
             for (suffix, kind) in COSIGN_TAG_SUFFIXES {
-                wanted.push((cosign_tag(s, suffix), s, kind));
+                wanted.push((s.cosign_tag(suffix), s, kind));
             }
         }
         let tags: Vec<String> = wanted.iter().map(|(t, ..)| t.clone()).collect();
@@ -100,17 +95,5 @@ impl Registry {
                 Some(TagSchemeReferrer { subject: subject.clone(), kind, tag, digest })
             })
             .collect())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cosign_tags() {
-        let d = Digest::sha256_of(b"x");
-        let hex = d.to_string().trim_start_matches("sha256:").to_owned();
-        assert_eq!(cosign_tag(&d, "sig"), format!("sha256-{hex}.sig"));
     }
 }

@@ -141,7 +141,7 @@ pub fn check_payload_subject(payload: &[u8], subject: &Digest) -> Result<(), Tru
 
 /// cosign's signature tag for `subject`: `sha256-<hex>.sig`.
 pub fn signature_tag(subject: &Digest) -> String {
-    format!("{}.sig", subject.tag_form())
+    subject.cosign_tag("sig")
 }
 
 /// Is this referrer (as the referrers API lists it) a cosign signature?
