@@ -332,21 +332,7 @@ where
 mod tests {
     use super::*;
 
-    /// A tar entry written by hand: `tar::Builder` refuses the hostile paths on purpose.
-    fn entry(out: &mut Vec<u8>, path: &str, kind: tar::EntryType, data: &[u8], link: Option<&str>) {
-        let mut h = tar::Header::new_gnu();
-        h.as_gnu_mut().unwrap().name[..path.len()].copy_from_slice(path.as_bytes());
-        if let Some(l) = link {
-            h.as_gnu_mut().unwrap().linkname[..l.len()].copy_from_slice(l.as_bytes());
-        }
-        h.set_entry_type(kind);
-        h.set_mode(0o644);
-        h.set_size(data.len() as u64);
-        h.set_cksum();
-        out.extend_from_slice(h.as_bytes());
-        out.extend_from_slice(data);
-        out.resize(out.len().div_ceil(512) * 512, 0);
-    }
+    use wharf_testkit::raw_tar_entry as entry;
 
     fn layout_tar(extra: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
         let mut t = Vec::new();

@@ -343,3 +343,20 @@ fn respond(
     }
     out.flush()
 }
+
+/// Appends one tar entry written by hand to `out` (`tar::Builder` refuses hostile paths, links
+/// and names on purpose): `path`, the entry `kind`, its `data`, and a link target for links.
+pub fn raw_tar_entry(out: &mut Vec<u8>, path: &str, kind: tar::EntryType, data: &[u8], link: Option<&str>) {
+    let mut h = tar::Header::new_gnu();
+    h.as_gnu_mut().unwrap().name[..path.len()].copy_from_slice(path.as_bytes());
+    if let Some(l) = link {
+        h.as_gnu_mut().unwrap().linkname[..l.len()].copy_from_slice(l.as_bytes());
+    }
+    h.set_entry_type(kind);
+    h.set_mode(0o644);
+    h.set_size(data.len() as u64);
+    h.set_cksum();
+    out.extend_from_slice(h.as_bytes());
+    out.extend_from_slice(data);
+    out.resize(out.len().div_ceil(512) * 512, 0);
+}

@@ -41,7 +41,7 @@ use sha2::{Digest as _, Sha256};
 
 pub use distribution::{Distribution, htpasswd_line};
 pub use garage::{GARAGE_REGION, GARAGE_VERSION, Garage, garage_binary};
-pub use hostile::{Fault, HostileRegistry, Seen};
+pub use hostile::{Fault, HostileRegistry, Seen, raw_tar_entry};
 pub use image::{
     Blob, Descriptor, ImageChild, Manifest, MediaTypes, Platform, REF_NAME, TestImage, TestImageBuilder,
     add_layout_ref, media_type, tar_layout, write_layout_blobs,
