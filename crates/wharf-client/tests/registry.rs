@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use wharf_client::{ByteStream, ClientError, ClientOptions, Credentials, RegistryClient};
 use wharf_oci::{Digest, Reference, RepoName, media_types};
-use wharf_testkit::Distribution;
+use wharf_testkit::{Distribution, seeded_bytes};
 
 fn repo(s: &str) -> RepoName {
     s.parse().unwrap()
@@ -17,19 +17,6 @@ fn repo(s: &str) -> RepoName {
 
 fn reference(s: &str) -> Reference {
     s.parse().unwrap()
-}
-
-/// Deterministic bytes (xorshift), so failures reproduce.
-fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// A source stream in 64 KiB pieces.
@@ -84,8 +71,8 @@ async fn distribution_push_pull_mount_tags() {
     ));
 
     // Monolithic (below the 2 MiB chunk size) and chunked (5 PATCHes, the last one short).
-    let small = data(1024 * 1024 + 7, 1);
-    let big = data(9 * 1024 * 1024 + 123, 2);
+    let small = seeded_bytes(1, 1024 * 1024 + 7);
+    let big = seeded_bytes(2, 9 * 1024 * 1024 + 123);
     for blob in [&small, &big] {
         let d = Digest::sha256_of(blob);
         assert_eq!(c.head_blob(&app, &d).await.unwrap(), None);
@@ -108,13 +95,13 @@ async fn distribution_push_pull_mount_tags() {
         assert!(collect(s).await.unwrap().is_empty());
     }
     // A source shorter than announced fails and publishes nothing.
-    let short = data(3000, 3);
+    let short = seeded_bytes(3, 3000);
     let short_d = Digest::sha256_of(&short);
     let e = c.push_blob(&app, &short_d, 5000, stream_of(&short)).await.unwrap_err();
     assert!(e.to_string().contains("ended after 3000 of 5000"), "{e}");
     assert_eq!(c.head_blob(&app, &short_d).await.unwrap(), None);
     // Bytes that do not match the digest are refused by the registry (DIGEST_INVALID).
-    let e = c.push_blob(&app, &short_d, 3000, stream_of(&data(3000, 4))).await.unwrap_err();
+    let e = c.push_blob(&app, &short_d, 3000, stream_of(&seeded_bytes(4, 3000))).await.unwrap_err();
     assert_eq!(e.code(), Some("DIGEST_INVALID"), "{e}");
     assert_eq!(c.head_blob(&app, &short_d).await.unwrap(), None);
 
@@ -227,7 +214,7 @@ async fn distribution_basic_auth() {
         ClientOptions { credentials: Some(Credentials::new("alice", "s3cret-pw")), ..Default::default() },
     );
     good.ping().await.unwrap();
-    let blob = data(100_000, 9);
+    let blob = seeded_bytes(9, 100_000);
     let d = Digest::sha256_of(&blob);
     good.push_blob(&app, &d, blob.len() as u64, stream_of(&blob)).await.unwrap();
     let (_, s) = good.get_blob(&app, &d, 0).await.unwrap();
@@ -284,7 +271,7 @@ async fn chunked_upload_survives_a_dropped_connection() {
     let (proxy, cuts) = cutting_proxy(reg.addr.clone(), 5 * 1024 * 1024 / 2).await;
     let c = client(&proxy, ClientOptions { chunk_size: 1024 * 1024, ..Default::default() });
     let app = repo("resume/app");
-    let blob = Arc::new(data(6 * 1024 * 1024 + 5, 7));
+    let blob = Arc::new(seeded_bytes(7, 6 * 1024 * 1024 + 5));
     let d = Digest::sha256_of(&blob);
     let opened = Arc::new(Mutex::new(Vec::new()));
     let (b, o) = (blob.clone(), opened.clone());
@@ -546,7 +533,7 @@ async fn retries_busy_and_unavailable_answers() {
 
 #[tokio::test]
 async fn downloads_verify_digests_and_resume() {
-    let blob = data(300_000, 11);
+    let blob = seeded_bytes(11, 300_000);
     let good = Digest::sha256_of(&blob);
     let lie = Digest::sha256_of(b"something else");
     let served = blob.clone();
@@ -776,7 +763,7 @@ async fn upload_peer(fault: impl Fn(usize, &[u8]) -> Option<usize> + Send + Sync
 
 #[tokio::test]
 async fn chunked_upload_resumes_from_upload_status() {
-    let blob = Arc::new(data(5 * 100_000 + 17, 21));
+    let blob = Arc::new(seeded_bytes(21, 5 * 100_000 + 17));
     let d = Digest::sha256_of(&blob);
     let opts = || ClientOptions { chunk_size: 100_000, ..Default::default() };
 

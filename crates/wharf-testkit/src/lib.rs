@@ -111,6 +111,12 @@ pub fn digest_hex(digest: &str) -> &str {
     digest.strip_prefix("sha256:").unwrap_or_else(|| panic!("expected a sha256 digest, got {digest:?}"))
 }
 
+/// `len` incompressible bytes, the same for the same `seed` and different for every other one,
+/// so that a failing test reproduces.
+pub fn seeded_bytes(seed: u64, len: usize) -> Vec<u8> {
+    Rng(seed).bytes(len)
+}
+
 /// Deterministic pseudo-random bytes (splitmix64), so generated images are reproducible.
 pub(crate) struct Rng(u64);
 

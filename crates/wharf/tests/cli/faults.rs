@@ -8,7 +8,7 @@ use std::process::Command;
 
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
-use wharf_testkit::{Blob, RegistryClient, TestImage};
+use wharf_testkit::{Blob, RegistryClient, TestImage, seeded_bytes};
 
 use crate::server::{Backend, WharfServer};
 
@@ -62,19 +62,6 @@ impl Drop for Tmpfs {
     }
 }
 
-/// Bytes that are not compressible and differ for every `seed`.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// Every file under `dir` (recursively).
 fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -113,7 +100,7 @@ fn disk_full_refuses_pushes_cleanly_and_recovers() {
     let mut acknowledged = Vec::new();
     let refused = rt.block_on(async {
         for seed in 0..40u64 {
-            let blob = noise(seed, 3 << 20);
+            let blob = seeded_bytes(seed, 3 << 20);
             let digest = wharf_testkit::sha256_digest(&blob);
             let free_before = disk.free();
             let resp = client
@@ -150,7 +137,7 @@ fn disk_full_refuses_pushes_cleanly_and_recovers() {
         let start = client.request(Method::POST, "/v2/fill/blobs/blobs/uploads/").send().await.unwrap();
         assert_eq!(start.status(), StatusCode::ACCEPTED);
         let location = start.headers()["location"].to_str().unwrap().to_owned();
-        let chunk = noise(1000, (free_after as usize) + (1 << 20));
+        let chunk = seeded_bytes(1000, (free_after as usize) + (1 << 20));
         let resp = client
             .request(Method::PATCH, &location)
             .header("content-type", "application/octet-stream")
@@ -170,7 +157,7 @@ fn disk_full_refuses_pushes_cleanly_and_recovers() {
     assert!(disk.free() + (256 << 10) >= free_before);
 
     // A push that fits succeeds: a blob of a quarter of what is free, and a whole image.
-    let small = Blob::new("application/octet-stream", noise(2000, (disk.free() / 4) as usize));
+    let small = Blob::new("application/octet-stream", seeded_bytes(2000, (disk.free() / 4) as usize));
     rt.block_on(client.push_blob("fill/blobs", &small)).unwrap();
     let image2 = TestImage::builder().seed(72).tag("v2").build();
     rt.block_on(client.push_image("team/app", &image2)).unwrap();
@@ -327,7 +314,7 @@ fn kill_during_gc(backend: Backend) {
     let kept: Vec<TestImage> =
         (0..3).map(|i| TestImage::builder().seed(101 + i).tag(&format!("v{i}")).build()).collect();
     let strays: Vec<Blob> =
-        (0..150).map(|i| Blob::new("application/octet-stream", noise(5000 + i, 16 << 10))).collect();
+        (0..150).map(|i| Blob::new("application/octet-stream", seeded_bytes(5000 + i, 16 << 10))).collect();
     let dropped = TestImage::builder().seed(109).tag("gone").build();
     rt.block_on(async {
         for image in &kept {

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use wharf_oci::Algorithm;
-use wharf_testkit::{Blob, Distribution, Podman, TestImage, run_ok, skopeo_inspect_raw};
+use wharf_testkit::{Blob, Distribution, Podman, TestImage, run_ok, seeded_bytes, skopeo_inspect_raw};
 
 use crate::server::{Backend, WharfServer};
 use crate::sparse::inspect_json;
@@ -205,25 +205,11 @@ impl TapState {
     }
 }
 
-/// Deterministic, incompressible-enough bytes (xorshift).
-fn generated(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 #[test]
 fn six_concurrent_gets_of_a_cold_blob_share_one_upstream_fetch_and_stream() {
     const SIZE: usize = 128 << 20;
     let upstream = Distribution::start();
-    let blob = Blob::new("application/octet-stream", generated(SIZE, 7));
+    let blob = Blob::new("application/octet-stream", seeded_bytes(7, SIZE));
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(upstream.client().push_blob("vendor/big", &blob)).unwrap();
     let tap = Tap::start(&upstream.addr, &format!("GET /v2/vendor/big/blobs/{}", blob.digest));
@@ -282,7 +268,7 @@ fn six_concurrent_gets_of_a_cold_blob_share_one_upstream_fetch_and_stream() {
 fn a_wrong_hash_upstream_breaks_the_transfer_and_stores_nothing() {
     const SIZE: usize = 4 << 20;
     let upstream = Distribution::start();
-    let blob = Blob::new("application/octet-stream", generated(SIZE, 9));
+    let blob = Blob::new("application/octet-stream", seeded_bytes(9, SIZE));
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(upstream.client().push_blob("vendor/bad", &blob)).unwrap();
     let tap = Tap::start(&upstream.addr, &format!("GET /v2/vendor/bad/blobs/{}", blob.digest));
