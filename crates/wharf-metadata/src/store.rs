@@ -272,7 +272,12 @@ impl MetadataStore {
         backend: Backend,
         isolated_schema: Option<String>,
     ) -> Result<Self> {
-        let this = Self { read, write, backend, isolated_schema, links: None };
+        let links = match backend {
+            // SQLite's caller sets the cache of its file (`connect_sqlite`).
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(Arc::new(LinkCache::for_replicas())),
+        };
+        let this = Self { read, write, backend, isolated_schema, links };
         let mut tx = this.begin().await?;
         let before = migrate::run(&mut tx, backend).await?;
         tx.commit().await?;

@@ -527,9 +527,9 @@ async fn delete_manifest_removes_tags_refs_and_children(ctx: &Ctx) {
     assert!(s.index_children(&r, &index).await.unwrap()[0].present);
 }
 
-/// `wharf gc` is another process with its own store on the same database: a link it removes
-/// must not be answered from what a serving store remembers (on SQLite pulls answer links from
-/// memory; see `link_cache.rs`).
+/// The serving store remembers links (`link_cache.rs`); another process on the same SQLite
+/// file, or another replica on the same PostgreSQL database, removes them: once its gc commit
+/// or its DELETE has returned, the serving store must not report them.
 async fn a_link_removed_by_another_store_is_gone_at_once(ctx: &Ctx) {
     let server = &ctx.store;
     let gc = MetadataStore::connect(&ctx.url).await.unwrap();

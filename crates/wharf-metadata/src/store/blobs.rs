@@ -15,12 +15,12 @@ impl MetadataStore {
         Ok(())
     }
 
-    /// The blob's size, only if the blob is linked to `repo`. The pull hot path: on SQLite
+    /// The blob's size, only if the blob is linked to `repo`. The pull hot path: for a while
     /// answered from memory once read (see `link_cache.rs`).
     pub async fn linked_blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>> {
-        let generation = match self.links.as_ref().map(|c| c.lookup(repo, digest)) {
+        let miss = match self.links.as_ref().map(|c| c.lookup(repo, digest)) {
             Some(Ok(size)) => return Ok(Some(size)),
-            Some(Err(generation)) => Some(generation),
+            Some(Err(miss)) => Some(miss),
             None => None,
         };
         let row = sqlx::query(
@@ -32,8 +32,8 @@ impl MetadataStore {
         .fetch_optional(&self.read)
         .await?;
         let size = row.map(|r| row_size(&r, "size")).transpose()?;
-        if let (Some(c), Some(g), Some(size)) = (&self.links, generation, size) {
-            c.fill(g, repo, digest, size);
+        if let (Some(c), Some(miss), Some(size)) = (&self.links, miss, size) {
+            c.fill(miss, repo, digest, size);
         }
         Ok(size)
     }
@@ -57,7 +57,8 @@ impl MetadataStore {
     }
 
     /// Removes the link between the blob and `repo`. The blob row stays (garbage collection
-    /// removes it). True if there was a link.
+    /// removes it). True if there was a link. With PostgreSQL it returns a quarter of a second
+    /// after the commit, once no replica still trusts the link (see `link_cache.rs`).
     pub async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
         let done = sqlx::query("DELETE FROM blob_links WHERE repo = $1 AND digest = $2")
             .bind(repo.as_str())
@@ -67,6 +68,7 @@ impl MetadataStore {
         let removed = done.rows_affected() > 0;
         if removed && let Some(c) = &self.links {
             c.unlinked();
+            tokio::time::sleep(c.removal_wait()).await;
         }
         Ok(removed)
     }

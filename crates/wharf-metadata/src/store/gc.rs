@@ -285,6 +285,8 @@ impl GcTransaction {
             .collect())
     }
 
+    /// Commits. When links were removed, returns only once no replica still trusts them (a
+    /// quarter of a second with PostgreSQL, see `link_cache.rs`): their files may go then.
     pub async fn commit(self) -> Result<()> {
         let committed = self.tx.commit().await;
         // Also after a failed commit: whether it landed is not always known, and forgetting
@@ -293,6 +295,7 @@ impl GcTransaction {
             && let Some(c) = &self.links
         {
             c.unlinked();
+            tokio::time::sleep(c.removal_wait()).await;
         }
         committed?;
         Ok(())

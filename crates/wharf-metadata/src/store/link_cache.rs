@@ -1,21 +1,29 @@
 //! Which blobs are linked to which repository, remembered for the blob pull hot path (every
 //! `GET` and `HEAD /v2/<name>/blobs/<digest>` asks). On SQLite each query is a round trip to a
 //! connection's worker thread, two context switches that cost more than serving a small blob
-//! from memory; this cache answers instead.
+//! from memory; on PostgreSQL it is a round trip to the server, which caps a replica at a
+//! fraction of what it serves from memory. This cache answers instead.
 //!
-//! SQLite only: with PostgreSQL other replicas unlink at any time, so every read goes to the
-//! database. Only links that exist are kept (a link that appears is simply read next time);
-//! what removes one must say so:
+//! Only links that exist are kept (a link that appears is simply read next time); what removes
+//! one must say so, after its commit, with [`LinkCache::unlinked`]. Then, by backend:
 //!
-//! - in this process, [`LinkCache::unlinked`] after the commit (blob `DELETE`, gc);
-//! - in another process (`wharf gc` against a served data directory), the same call grows the
-//!   *epoch file* beside the database (`<db>-link-epoch`), whose size and time every lookup
+//! - SQLite, in this process: every remembered link is forgotten at once.
+//! - SQLite, another process (`wharf gc` against a served data directory): the same call grows
+//!   the *epoch file* beside the database (`<db>-link-epoch`), whose size and time every lookup
 //!   compares with what it saw when it filled: a request that starts after `wharf gc` is done
-//!   never sees a link it removed.
+//!   never sees a link it removed. Entries also expire after [`MAX_AGE`], which bounds the
+//!   damage if the epoch file cannot be written.
+//! - PostgreSQL (replicas, which cannot see each other's memory): a remembered link is trusted
+//!   for [`LEASE_TRUSTED`] counted from *before* the query that read it, and whoever removes a
+//!   link waits [`LEASE`] after its commit before it answers ([`LinkCache::removal_wait`]). A
+//!   replica can only have read the link before that commit, so its entry has expired by the
+//!   time the `DELETE` (or gc) returns: a request sent after that sees the removal on every
+//!   replica. The price is a quarter of a second on each blob `DELETE` and on each gc commit
+//!   that removed links; under load a replica still asks the database about a hot link only
+//!   five times a second.
 //!
-//! A fill is dropped when anything was unlinked since its read began (the generation), so a
-//! stale read never lands after an invalidation. Entries also expire after [`MAX_AGE`], which
-//! bounds the damage if the epoch file cannot be written.
+//! A fill is dropped when anything was unlinked in this process since its read began (the
+//! generation), so a stale read never lands after an invalidation.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -26,8 +34,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use wharf_oci::{Digest, RepoName};
 
-/// How long a remembered link is trusted without a word from its epoch file.
+/// How long a remembered link is trusted without a word from its epoch file (SQLite).
 const MAX_AGE: Duration = Duration::from_secs(30);
+/// How long a link remover waits after its commit before it answers (PostgreSQL).
+pub(crate) const LEASE: Duration = Duration::from_millis(250);
+/// How long a replica trusts a link, from before the read: less than [`LEASE`], a margin for
+/// clocks of different machines running at slightly different rates.
+const LEASE_TRUSTED: Duration = Duration::from_millis(200);
 /// Links remembered; past this the cache starts over (a lookup then queries again).
 const MAX_ENTRIES: usize = 16_384;
 /// The epoch file is emptied once this long, so it never grows without bound (emptying it
@@ -39,6 +52,7 @@ type Epoch = Option<(u64, SystemTime, u64)>;
 
 #[derive(Default)]
 struct Entries {
+    /// Size, and until when the entry is trusted.
     links: HashMap<RepoName, HashMap<Digest, (u64, Instant)>>,
     count: usize,
     /// The epoch file as it was when these entries were filled.
@@ -49,8 +63,18 @@ pub(crate) struct LinkCache {
     entries: Mutex<Entries>,
     /// Bumped on every invalidation: a fill from a read that began before it is dropped.
     generation: AtomicU64,
-    /// `None` for an in-memory database, which no other process can open.
+    /// `None` for an in-memory database, which no other process can open, and for PostgreSQL.
     epoch_file: Option<PathBuf>,
+    /// PostgreSQL: entries are leases (see the module docs).
+    replicas: bool,
+}
+
+/// A lookup that found nothing: what [`LinkCache::fill`] needs once the database answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Miss {
+    generation: u64,
+    /// Before the query: a lease counts from here.
+    began: Instant,
 }
 
 impl LinkCache {
@@ -61,9 +85,30 @@ impl LinkCache {
             name.push("-link-epoch");
             PathBuf::from(name)
         });
-        let cache = LinkCache { entries: Mutex::default(), generation: AtomicU64::new(0), epoch_file };
+        let cache = LinkCache {
+            entries: Mutex::default(),
+            generation: AtomicU64::new(0),
+            epoch_file,
+            replicas: false,
+        };
         cache.entries().epoch = cache.read_epoch();
         cache
+    }
+
+    /// The cache of a PostgreSQL database, which other replicas change too.
+    pub(crate) fn for_replicas() -> LinkCache {
+        LinkCache {
+            entries: Mutex::default(),
+            generation: AtomicU64::new(0),
+            epoch_file: None,
+            replicas: true,
+        }
+    }
+
+    /// How long whoever removed a link must wait after the commit before it reports the
+    /// removal done: until no replica still trusts the link.
+    pub(crate) fn removal_wait(&self) -> Duration {
+        if self.replicas { LEASE } else { Duration::ZERO }
     }
 
     fn entries(&self) -> std::sync::MutexGuard<'_, Entries> {
@@ -90,35 +135,34 @@ impl LinkCache {
         }
     }
 
-    /// `Ok(size)` if `digest` is remembered as linked to `repo`; else `Err(generation)`, to
-    /// read the link from the database and pass to [`LinkCache::fill`]. One lock, one `stat`.
-    pub(crate) fn lookup(&self, repo: &RepoName, digest: &Digest) -> Result<u64, u64> {
+    /// `Ok(size)` if `digest` is remembered as linked to `repo`; else a [`Miss`], to read the
+    /// link from the database (right away) and pass to [`LinkCache::fill`]. One lock, and on
+    /// SQLite one `stat`.
+    pub(crate) fn lookup(&self, repo: &RepoName, digest: &Digest) -> Result<u64, Miss> {
         let mut entries = self.entries();
         self.check_epoch(&mut entries);
+        let now = Instant::now();
         match entries.links.get(repo).and_then(|m| m.get(digest)) {
-            Some(&(size, at)) if at.elapsed() < MAX_AGE => Ok(size),
-            _ => Err(self.generation.load(Ordering::Acquire)),
+            Some(&(size, until)) if now < until => Ok(size),
+            _ => Err(Miss { generation: self.generation.load(Ordering::Acquire), began: now }),
         }
     }
 
-    /// Remembers a link read from the database, unless something was unlinked since the read
-    /// began (`generation`).
-    pub(crate) fn fill(&self, generation: u64, repo: &RepoName, digest: &Digest, size: u64) {
+    /// Remembers a link read from the database, unless something was unlinked here since the
+    /// read began.
+    pub(crate) fn fill(&self, miss: Miss, repo: &RepoName, digest: &Digest, size: u64) {
         let mut entries = self.entries();
         self.check_epoch(&mut entries);
-        if self.generation.load(Ordering::Acquire) != generation {
+        if self.generation.load(Ordering::Acquire) != miss.generation {
             return;
         }
+        let until = if self.replicas { miss.began + LEASE_TRUSTED } else { Instant::now() + MAX_AGE };
         if entries.count >= MAX_ENTRIES {
             entries.links.clear();
             entries.count = 0;
         }
-        let fresh = entries
-            .links
-            .entry(repo.clone())
-            .or_default()
-            .insert(digest.clone(), (size, Instant::now()))
-            .is_none();
+        let fresh =
+            entries.links.entry(repo.clone()).or_default().insert(digest.clone(), (size, until)).is_none();
         entries.count += usize::from(fresh);
     }
 
@@ -160,8 +204,8 @@ fn bump_epoch_file(path: &Path) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
-    /// The generation a reader that missed `digest` would pass to `fill`.
-    fn gen_of(cache: &LinkCache, repo: &RepoName, digest: &Digest) -> u64 {
+    /// What a reader that missed `digest` would pass to `fill`.
+    fn gen_of(cache: &LinkCache, repo: &RepoName, digest: &Digest) -> Miss {
         cache.lookup(repo, digest).unwrap_err()
     }
 
@@ -209,6 +253,27 @@ mod tests {
             assert_eq!(server.lookup(&repo, &d).ok(), None);
         }
         assert!(std::fs::metadata(gc.epoch_file.as_ref().unwrap()).unwrap().len() < EPOCH_FILE_MAX);
+    }
+
+    #[test]
+    fn a_replica_trusts_a_link_for_less_than_a_remover_waits_counted_from_before_its_read() {
+        let cache = LinkCache::for_replicas();
+        let (repo, d) = key(4);
+        assert!(cache.removal_wait() >= LEASE && LEASE > LEASE_TRUSTED);
+        assert_eq!(LinkCache::new(None).removal_wait(), Duration::ZERO, "SQLite tells at once");
+
+        let miss = gen_of(&cache, &repo, &d);
+        cache.fill(miss, &repo, &d, 5);
+        assert_eq!(cache.lookup(&repo, &d), Ok(5));
+        // A read that began a lease ago lands already expired: trust counts from the read,
+        // not from when its answer arrived.
+        let old = Miss { began: Instant::now() - LEASE_TRUSTED, ..gen_of(&cache, &repo, &key(5).1) };
+        cache.fill(old, &repo, &key(5).1, 6);
+        assert!(cache.lookup(&repo, &key(5).1).is_err());
+        // In this process a removal is still forgotten at once.
+        cache.unlinked();
+        assert!(cache.lookup(&repo, &d).is_err());
+        assert!(cache.epoch_file.is_none(), "replicas share no files");
     }
 
     #[test]
