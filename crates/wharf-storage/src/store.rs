@@ -13,7 +13,7 @@ use uuid::Uuid;
 use wharf_oci::{Algorithm, Digest};
 
 use crate::fs::{blocking, read_dir_if_exists, sweep_tmp, touch_file};
-use crate::read::read_ahead;
+use crate::read::read_file;
 use crate::small::{SMALL_BLOB, read_bytes};
 use crate::spool::{Cleanup, Spool, pump};
 use crate::upload::Session;
@@ -143,7 +143,7 @@ impl FsStore {
                 if size == 0 || first > last { (first, 0) } else { (first, last - first + 1) }
             }
         };
-        let body = read_ahead(file, start, len);
+        let body = read_file(file, start, len);
         Ok(Some(BlobRead { size, start, len, body: Box::pin(body) }))
     }
 
