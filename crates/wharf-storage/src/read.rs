@@ -61,10 +61,6 @@ impl Stream for CachedFirst {
             }
         }
     }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        (0, None)
-    }
 }
 
 /// Up to `n` bytes of `file` at `pos` if the first of them are in memory; `None` when reading
