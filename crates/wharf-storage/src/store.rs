@@ -144,7 +144,7 @@ impl FsStore {
             }
         };
         let body = read_file(file, start, len);
-        Ok(Some(BlobRead { size, start, len, body: Box::pin(body) }))
+        Ok(Some(BlobRead { size, start, len, body }))
     }
 
     /// Remove a blob. `Ok(false)` if it was not there.

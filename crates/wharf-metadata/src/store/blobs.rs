@@ -67,8 +67,7 @@ impl MetadataStore {
             .await?;
         let removed = done.rows_affected() > 0;
         if removed && let Some(c) = &self.links {
-            c.unlinked();
-            tokio::time::sleep(c.removal_wait()).await;
+            c.unlinked_and_expired().await;
         }
         Ok(removed)
     }

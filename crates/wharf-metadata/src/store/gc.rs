@@ -294,8 +294,7 @@ impl GcTransaction {
         if self.removed_links
             && let Some(c) = &self.links
         {
-            c.unlinked();
-            tokio::time::sleep(c.removal_wait()).await;
+            c.unlinked_and_expired().await;
         }
         committed?;
         Ok(())

@@ -15,12 +15,12 @@
 //!   damage if the epoch file cannot be written.
 //! - PostgreSQL (replicas, which cannot see each other's memory): a remembered link is trusted
 //!   for [`LEASE_TRUSTED`] counted from *before* the query that read it, and whoever removes a
-//!   link waits [`LEASE`] after its commit before it answers ([`LinkCache::removal_wait`]). A
-//!   replica can only have read the link before that commit, so its entry has expired by the
-//!   time the `DELETE` (or gc) returns: a request sent after that sees the removal on every
-//!   replica. The price is a quarter of a second on each blob `DELETE` and on each gc commit
-//!   that removed links; under load a replica still asks the database about a hot link only
-//!   five times a second.
+//!   link waits [`LEASE`] after its commit before it answers
+//!   ([`LinkCache::unlinked_and_expired`]). A replica can only have read the link before that
+//!   commit, so its entry has expired by the time the `DELETE` (or gc) returns: a request sent
+//!   after that sees the removal on every replica. The price is a quarter of a second on each
+//!   blob `DELETE` and on each gc commit that removed links; under load a replica still asks
+//!   the database about a hot link only five times a second.
 //!
 //! A fill is dropped when anything was unlinked in this process since its read began (the
 //! generation), so a stale read never lands after an invalidation.
@@ -186,6 +186,14 @@ impl LinkCache {
                 MAX_AGE.as_secs()
             );
         }
+    }
+
+    /// What a remover of links calls after its commit, before it reports the removal done:
+    /// [`LinkCache::unlinked`], then the [`LinkCache::removal_wait`] that no replica's trust in
+    /// the removed links outlasts.
+    pub(crate) async fn unlinked_and_expired(&self) {
+        self.unlinked();
+        tokio::time::sleep(self.removal_wait()).await;
     }
 }
 
