@@ -107,6 +107,14 @@ pub struct NewManifest<'a> {
     pub tag: Option<&'a Tag>,
 }
 
+/// What a [`MetadataStore::put_manifest_with_events`] changed that a reader may remember.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ManifestPut {
+    /// The tag pointed at another manifest before (or may have: a concurrent push moved it
+    /// between our looks), so whoever remembers the old target must be waited out.
+    pub tag_moved: bool,
+}
+
 /// A manifest as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredManifest {

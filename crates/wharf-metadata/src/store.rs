@@ -16,7 +16,7 @@ mod uploads;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, ConnectOptions, Connection, Executor, Row, Transaction};
@@ -314,6 +314,27 @@ impl MetadataStore {
     /// `"sqlite"` or `"postgres"`.
     pub fn backend(&self) -> &'static str {
         self.backend.name()
+    }
+
+    /// How long a process may trust what it remembers of this database without asking again,
+    /// counted from *before* the read; `None`: until it changes it itself (SQLite, where this
+    /// process is the only writer of manifests and tags). On PostgreSQL other replicas write
+    /// too, so a memory is a lease, shorter than [`MetadataStore::removal_wait`].
+    pub fn cache_trust(&self) -> Option<Duration> {
+        match self.backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(link_cache::LEASE_TRUSTED),
+        }
+    }
+
+    /// How long whoever removed or changed something that a replica may remember (a blob
+    /// link, a manifest, where a tag points) waits after its commit before it answers: until
+    /// no replica's lease on the old state is left. Zero on SQLite.
+    pub fn removal_wait(&self) -> Duration {
+        match self.backend {
+            Backend::Sqlite => Duration::ZERO,
+            Backend::Postgres => link_cache::LEASE,
+        }
     }
 
     /// One round trip to the database through the read pool (for health checks).

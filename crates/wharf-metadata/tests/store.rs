@@ -152,8 +152,9 @@ fn image(seed: &str) -> Image {
     }
 }
 
-async fn put_image(s: &MetadataStore, r: &RepoName, img: &Image, t: Option<&Tag>) {
-    s.put_manifest(NewManifest {
+/// Stores `img` (under `t`); true if that moved `t` from another manifest.
+async fn put_image(s: &MetadataStore, r: &RepoName, img: &Image, t: Option<&Tag>) -> bool {
+    let put = NewManifest {
         repo: r,
         digest: &img.digest,
         media_type: IMAGE,
@@ -164,9 +165,8 @@ async fn put_image(s: &MetadataStore, r: &RepoName, img: &Image, t: Option<&Tag>
         blob_refs: &img.refs,
         children: &[],
         tag: t,
-    })
-    .await
-    .unwrap();
+    };
+    s.put_manifest_with_events(put, &[]).await.unwrap().tag_moved
 }
 
 /// Stores `content` as an OCI index with these children under tag `t`; returns its digest.
@@ -264,15 +264,16 @@ async fn tag_moves(ctx: &Ctx) {
     let r = repo("app");
     let (a, b) = (image("a"), image("b"));
     let latest = tag("latest");
-    put_image(s, &r, &a, Some(&latest)).await;
+    assert!(!put_image(s, &r, &a, Some(&latest)).await, "a new tag moved nothing");
     assert_eq!(s.resolve_tag(&r, &latest).await.unwrap(), Some(a.digest.clone()));
-    put_image(s, &r, &b, Some(&latest)).await;
+    assert!(!put_image(s, &r, &a, Some(&latest)).await, "the same push again moved nothing");
+    assert!(put_image(s, &r, &b, Some(&latest)).await, "a tag that pointed elsewhere moved");
     assert_eq!(s.resolve_tag(&r, &latest).await.unwrap(), Some(b.digest.clone()));
     let got = s.get_tagged_manifest(&r, &latest).await.unwrap().unwrap();
     assert_eq!((got.digest, got.content), (b.digest.clone(), b.content.clone()));
     assert!(s.get_tagged_manifest(&r, &tag("nope")).await.unwrap().is_none());
     // Re-putting an existing manifest only moves the tag.
-    put_image(s, &r, &a, Some(&latest)).await;
+    assert!(put_image(s, &r, &a, Some(&latest)).await);
     assert_eq!(s.resolve_tag(&r, &latest).await.unwrap(), Some(a.digest.clone()));
     assert_eq!(s.list_tags(&r, None, None).await.unwrap(), vec!["latest"]);
     // Tags are per repository.

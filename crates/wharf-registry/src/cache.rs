@@ -1,12 +1,19 @@
 //! Tag or digest → manifest bytes for the pull hot path (`GET /v2/<name>/manifests/<ref>`):
 //! clients resolve a tag, then pull every child by digest, so both are hot.
 //!
-//! Only used when this process is the only writer of the metadata (SQLite): with PostgreSQL,
-//! other replicas may move a tag at any time, so every read goes to the database.
+//! Invalidated by this process's own writes (after their commit, per repository). On SQLite
+//! this process is the only writer of manifests and tags, so an entry holds until then. On
+//! PostgreSQL other replicas write too: an entry is a lease of
+//! [`MetadataStore::cache_trust`](wharf_metadata::MetadataStore::cache_trust) counted from
+//! before the read, and whoever deletes a manifest or a tag or moves a tag waits
+//! [`removal_wait`](wharf_metadata::MetadataStore::removal_wait) after its commit before it
+//! answers, so that once it has, no replica serves the old state. Reads that find nothing are
+//! never remembered, so a new tag or manifest needs no wait.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use wharf_oci::{Digest, Reference, RepoName};
@@ -25,40 +32,67 @@ pub struct ServedManifest {
 /// 2 MiB), within the 32 MiB of RSS that BENCHMARKS.md measures against.
 const BUDGET: usize = 8 * 1024 * 1024;
 
+/// A cached manifest and until when it may be served (`None`: until invalidated).
+type Entry = (ServedManifest, Option<Instant>);
+
 /// The cached manifests by repository then reference (a lookup borrows, an invalidation drops
 /// one repository's map), and the bytes they hold.
-type Entries = (HashMap<RepoName, HashMap<Reference, ServedManifest>>, usize);
+type Entries = (HashMap<RepoName, HashMap<Reference, Entry>>, usize);
 
-#[derive(Default)]
 pub struct ManifestCache {
     entries: Mutex<Entries>,
     /// Bumped on every write. A reader fills the cache only if no write happened since it
     /// started reading the database, so a stale read never lands after an invalidation.
     generation: AtomicU64,
+    /// How long an entry is served, from before the read that filled it; `None`: until
+    /// invalidated (see the module docs).
+    trust: Option<Duration>,
+}
+
+/// Taken before a read of the database, handed to [`ManifestCache::fill`] with its result.
+#[derive(Clone, Copy, Debug)]
+pub struct ReadStart {
+    generation: u64,
+    began: Instant,
 }
 
 impl ManifestCache {
+    /// A cache whose entries are served for `trust` after the read began (`None`: until this
+    /// process invalidates them).
+    pub fn new(trust: Option<Duration>) -> ManifestCache {
+        ManifestCache { entries: Mutex::default(), generation: AtomicU64::new(0), trust }
+    }
+
     pub fn get(&self, repo: &RepoName, reference: &Reference) -> Option<ServedManifest> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.0.get(repo)?.get(reference).cloned()
+        let (m, until) = entries.0.get(repo)?.get(reference)?;
+        match until {
+            Some(until) if Instant::now() >= *until => None,
+            _ => Some(m.clone()),
+        }
     }
 
-    pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
+    /// Call before reading the database for an entry that [`ManifestCache::get`] missed.
+    pub fn read_start(&self) -> ReadStart {
+        ReadStart { generation: self.generation.load(Ordering::Acquire), began: Instant::now() }
     }
 
-    pub fn fill(&self, generation: u64, repo: &RepoName, reference: &Reference, m: &ServedManifest) {
+    pub fn fill(&self, read: ReadStart, repo: &RepoName, reference: &Reference, m: &ServedManifest) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if self.generation.load(Ordering::Acquire) != generation {
+        if self.generation.load(Ordering::Acquire) != read.generation {
             return;
+        }
+        let until = self.trust.map(|t| read.began + t);
+        if until.is_some_and(|u| Instant::now() >= u) {
+            return; // the database was slower than the lease: nothing to gain
         }
         if entries.1 + m.content.len() > BUDGET {
             entries.0.clear();
             entries.1 = 0;
         }
         let (map, bytes) = &mut *entries;
-        let replaced = map.entry(repo.clone()).or_default().insert(reference.clone(), m.clone());
-        *bytes = *bytes + m.content.len() - replaced.map_or(0, |r| r.content.len());
+        let replaced = map.entry(repo.clone()).or_default().insert(reference.clone(), (m.clone(), until));
+        *bytes = *bytes + m.content.len() - replaced.map_or(0, |r| r.0.content.len());
     }
 
     /// Forget everything cached for `repo` (after any manifest or tag write or delete there).
@@ -67,7 +101,7 @@ impl ManifestCache {
         self.generation.fetch_add(1, Ordering::AcqRel);
         let (map, bytes) = &mut *entries;
         if let Some(tags) = map.remove(repo) {
-            *bytes -= tags.values().map(|m| m.content.len()).sum::<usize>();
+            *bytes -= tags.values().map(|(m, _)| m.content.len()).sum::<usize>();
         }
     }
 }
@@ -86,13 +120,13 @@ mod tests {
 
     #[test]
     fn a_write_during_a_read_keeps_the_stale_value_out() {
-        let cache = ManifestCache::default();
+        let cache = ManifestCache::new(None);
         let (repo, tag): (RepoName, Reference) = ("a".parse().unwrap(), "v1".parse().unwrap());
-        let before = cache.generation();
+        let before = cache.read_start();
         cache.invalidate(&repo); // a push lands while the reader is at the database
         cache.fill(before, &repo, &tag, &m("old"));
         assert!(cache.get(&repo, &tag).is_none());
-        let now = cache.generation();
+        let now = cache.read_start();
         cache.fill(now, &repo, &tag, &m("new"));
         assert_eq!(cache.get(&repo, &tag).unwrap().content, "new");
         cache.invalidate(&"b".parse().unwrap());
@@ -103,11 +137,11 @@ mod tests {
 
     #[test]
     fn digests_are_cached_beside_tags_and_dropped_with_them() {
-        let cache = ManifestCache::default();
+        let cache = ManifestCache::new(None);
         let repo: RepoName = "a".parse().unwrap();
         let m = m("by digest");
         let by_digest = Reference::Digest(m.digest.clone());
-        cache.fill(cache.generation(), &repo, &by_digest, &m);
+        cache.fill(cache.read_start(), &repo, &by_digest, &m);
         assert_eq!(cache.get(&repo, &by_digest).unwrap().content, "by digest");
         assert!(cache.get(&"b".parse().unwrap(), &by_digest).is_none(), "readable only in its repository");
         cache.invalidate(&repo); // a delete of the manifest
@@ -116,12 +150,34 @@ mod tests {
 
     #[test]
     fn refilling_a_tag_counts_its_bytes_once() {
-        let cache = ManifestCache::default();
+        let cache = ManifestCache::new(None);
         let (repo, tag): (RepoName, Reference) = ("a".parse().unwrap(), "v1".parse().unwrap());
-        cache.fill(cache.generation(), &repo, &tag, &m("first"));
-        cache.fill(cache.generation(), &repo, &tag, &m("second!"));
+        cache.fill(cache.read_start(), &repo, &tag, &m("first"));
+        cache.fill(cache.read_start(), &repo, &tag, &m("second!"));
         assert_eq!(cache.entries.lock().unwrap().1, "second!".len());
         cache.invalidate(&repo);
         assert_eq!(cache.entries.lock().unwrap().1, 0);
+    }
+
+    #[test]
+    fn a_replica_serves_an_entry_for_its_lease_counted_from_before_the_read() {
+        let trust = Duration::from_millis(200);
+        let cache = ManifestCache::new(Some(trust));
+        let (repo, tag): (RepoName, Reference) = ("a".parse().unwrap(), "v1".parse().unwrap());
+        cache.fill(cache.read_start(), &repo, &tag, &m("fresh"));
+        assert_eq!(cache.get(&repo, &tag).unwrap().content, "fresh");
+
+        // A read that began a lease ago lands already expired.
+        let old = ReadStart { began: Instant::now() - trust, ..cache.read_start() };
+        let other: Reference = "v2".parse().unwrap();
+        cache.fill(old, &repo, &other, &m("old"));
+        assert!(cache.get(&repo, &other).is_none());
+
+        // An entry whose lease ran out is not served, though still held.
+        let began = Instant::now() - Duration::from_millis(50);
+        cache.fill(ReadStart { began, ..cache.read_start() }, &repo, &other, &m("short"));
+        assert_eq!(cache.get(&repo, &other).unwrap().content, "short");
+        std::thread::sleep(trust);
+        assert!(cache.get(&repo, &other).is_none(), "served past its lease");
     }
 }

@@ -43,8 +43,8 @@ struct Inner {
     blobs: BlobStore,
     meta: MetadataStore,
     config: RegistryConfig,
-    /// Present when this process is the metadata's only writer (SQLite).
-    manifest_cache: Option<ManifestCache>,
+    /// Manifests of the pull hot path (see `cache.rs` for how it stays true with replicas).
+    manifest_cache: ManifestCache,
     /// Signature verdicts of `[[trust]]` repositories.
     trust_cache: TrustCache,
     /// Blob fills from upstreams in flight: one download per blob, whoever asks.
@@ -110,7 +110,7 @@ pub enum MountOutcome {
 
 impl Registry {
     pub fn new(blobs: BlobStore, meta: MetadataStore, config: RegistryConfig) -> Registry {
-        let manifest_cache = (meta.backend() == "sqlite").then(ManifestCache::default);
+        let manifest_cache = ManifestCache::new(meta.cache_trust());
         Registry {
             inner: Arc::new(Inner {
                 blobs,
@@ -426,9 +426,12 @@ impl Registry {
             media_type: m.media_type,
             content: m.content.into(),
         };
-        // The pull hot path: from the cache (SQLite: this process is the only writer), else one
+        // The pull hot path: from the cache (on PostgreSQL a lease, see `cache.rs`), else one
         // query for the bytes (by tag: tag and bytes in one).
-        let cache = self.inner.manifest_cache.as_ref();
+        let cache = &self.inner.manifest_cache;
+        if let Some(hit) = cache.get(repo, reference) {
+            return Ok(hit);
+        }
         let digest = match reference {
             Reference::Digest(d) => d,
             Reference::Tag(tag) => {
@@ -437,31 +440,21 @@ impl Registry {
                 if let Some(rule) = self.upstream_rule(repo).filter(|r| r.proxy_tags) {
                     return self.get_proxied_tag(repo, tag, rule).await;
                 }
-                if let Some(hit) = cache.and_then(|c| c.get(repo, reference)) {
-                    return Ok(hit);
-                }
-                let generation = cache.map(ManifestCache::generation);
+                let read = cache.read_start();
                 return match self.inner.meta.get_tagged_manifest(repo, tag).await? {
                     Some(m) => {
                         let m = served(m);
-                        if let (Some(c), Some(g)) = (cache, generation) {
-                            c.fill(g, repo, reference, &m);
-                        }
+                        cache.fill(read, repo, reference, &m);
                         Ok(m)
                     }
                     None => Err(self.manifest_unknown(repo, reference).await?),
                 };
             }
         };
-        if let Some(hit) = cache.and_then(|c| c.get(repo, reference)) {
-            return Ok(hit);
-        }
-        let generation = cache.map(ManifestCache::generation);
+        let read = cache.read_start();
         if let Some(m) = self.inner.meta.get_manifest(repo, digest).await? {
             let m = served(m);
-            if let (Some(c), Some(g)) = (cache, generation) {
-                c.fill(g, repo, reference, &m);
-            }
+            cache.fill(read, repo, reference, &m);
             return Ok(m);
         }
         if self.fill_manifest(repo, digest, 0).await?
@@ -474,9 +467,16 @@ impl Registry {
 
     /// Tags of `repo` may have changed: drop what the cache holds for it.
     fn invalidate(&self, repo: &RepoName) {
-        if let Some(c) = &self.inner.manifest_cache {
-            c.invalidate(repo);
-        }
+        self.inner.manifest_cache.invalidate(repo);
+    }
+
+    /// After the commit of a write that removed a manifest or a tag, or moved a tag: drop what
+    /// this process remembers of `repo`, then wait until no replica's lease on the old state is
+    /// left (PostgreSQL; nothing to wait for on SQLite), so that once the client has its answer
+    /// every replica serves the new state.
+    async fn invalidate_everywhere(&self, repo: &RepoName) {
+        self.invalidate(repo);
+        tokio::time::sleep(self.inner.meta.removal_wait()).await;
     }
 
     /// Media type and size of a manifest, for HEAD. `may_fill`: as for
@@ -508,10 +508,18 @@ impl Registry {
                 return Ok((m.digest, m.media_type, m.content.len() as u64));
             }
         };
-        if let Some(hit) = self.inner.manifest_cache.as_ref().and_then(|c| c.get(repo, reference)) {
+        // As GET by digest: the bytes are small, and reading them fills the cache that the
+        // GET after this HEAD (or the next HEAD) is served from.
+        let cache = &self.inner.manifest_cache;
+        if let Some(hit) = cache.get(repo, reference) {
             return Ok((hit.digest, hit.media_type, hit.content.len() as u64));
         }
-        if let Some((media_type, size)) = self.inner.meta.manifest_exists(repo, digest).await? {
+        let read = cache.read_start();
+        if let Some(m) = self.inner.meta.get_manifest(repo, digest).await? {
+            let (media_type, size) = (m.media_type.clone(), m.content.len() as u64);
+            let served =
+                ServedManifest { digest: m.digest, media_type: m.media_type, content: m.content.into() };
+            cache.fill(read, repo, reference, &served);
             return Ok((digest.clone(), media_type, size));
         }
         if may_fill
@@ -600,7 +608,8 @@ impl Registry {
             }),
             None => Vec::new(),
         };
-        self.inner
+        let put = self
+            .inner
             .meta
             .put_manifest_with_events(
                 NewManifest {
@@ -619,8 +628,12 @@ impl Registry {
             )
             .await?;
         self.wake_deliverer(&events);
-        // After the commit: a reader that saw the old tag cannot fill the cache any more.
-        self.invalidate(repo);
+        // After the commit: a reader that saw the old tag cannot fill the cache any more, and
+        // a tag that moved is not served from any replica's lease on where it was.
+        match put.tag_moved {
+            true => self.invalidate_everywhere(repo).await,
+            false => self.invalidate(repo),
+        }
         if let Some(signed) = signed_subject(&manifest, tag) {
             self.inner.trust_cache.signature_pushed(repo, &signed);
         }
@@ -750,8 +763,11 @@ impl Registry {
                 deleted
             }
         };
-        self.invalidate(repo);
         self.inner.trust_cache.forget_repo(repo);
+        match deleted {
+            true => self.invalidate_everywhere(repo).await,
+            false => self.invalidate(repo),
+        }
         if deleted { Ok(()) } else { Err(self.manifest_unknown(repo, reference).await?) }
     }
 

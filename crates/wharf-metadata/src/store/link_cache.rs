@@ -36,11 +36,12 @@ use wharf_oci::{Digest, RepoName};
 
 /// How long a remembered link is trusted without a word from its epoch file (SQLite).
 const MAX_AGE: Duration = Duration::from_secs(30);
-/// How long a link remover waits after its commit before it answers (PostgreSQL).
+/// How long a link remover waits after its commit before it answers (PostgreSQL). The
+/// registry's manifest cache keeps the same lease (`MetadataStore::removal_wait`).
 pub(crate) const LEASE: Duration = Duration::from_millis(250);
 /// How long a replica trusts a link, from before the read: less than [`LEASE`], a margin for
 /// clocks of different machines running at slightly different rates.
-const LEASE_TRUSTED: Duration = Duration::from_millis(200);
+pub(crate) const LEASE_TRUSTED: Duration = Duration::from_millis(200);
 /// Links remembered; past this the cache starts over (a lookup then queries again).
 const MAX_ENTRIES: usize = 16_384;
 /// The epoch file is emptied once this long, so it never grows without bound (emptying it

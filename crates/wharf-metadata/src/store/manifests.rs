@@ -7,7 +7,9 @@ use wharf_oci::{Digest, RepoName, Tag};
 use super::blobs::link_blob_in;
 use super::outbox::enqueue_in;
 use super::{MetadataStore, db_size, now, row_digest, row_size};
-use crate::{ChildPresence, MetadataError, NewEvent, NewManifest, Referrer, Result, StoredManifest};
+use crate::{
+    ChildPresence, ManifestPut, MetadataError, NewEvent, NewManifest, Referrer, Result, StoredManifest,
+};
 
 /// Columns selected by the children queries, with presence derived by a join.
 const CHILD_COLUMNS: &str = "c.position, c.child_digest, c.media_type, c.size, c.platform, \
@@ -35,12 +37,16 @@ impl MetadataStore {
     /// its blobs to the repository and records them as its references, records its children if
     /// the manifest is new (they never change), then points `m.tag` at it.
     pub async fn put_manifest(&self, m: NewManifest<'_>) -> Result<()> {
-        self.put_manifest_with_events(m, &[]).await
+        self.put_manifest_with_events(m, &[]).await.map(|_| ())
     }
 
     /// [`MetadataStore::put_manifest`], queueing `events` (webhook notifications of the push) in
     /// the same transaction: a committed push always has its events, a failed one none.
-    pub async fn put_manifest_with_events(&self, m: NewManifest<'_>, events: &[NewEvent]) -> Result<()> {
+    pub async fn put_manifest_with_events(
+        &self,
+        m: NewManifest<'_>,
+        events: &[NewEvent],
+    ) -> Result<ManifestPut> {
         let repo = m.repo.as_str();
         let digest = m.digest.to_string();
         let ts = now();
@@ -116,12 +122,13 @@ impl MetadataStore {
             }
         }
 
-        if let Some(tag) = m.tag {
-            upsert_tag(&mut tx, repo, tag.as_str(), &digest, ts).await?;
-        }
+        let tag_moved = match m.tag {
+            Some(tag) => point_tag(&mut tx, repo, tag.as_str(), &digest, ts).await?,
+            None => false,
+        };
         enqueue_in(&mut tx, events).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(ManifestPut { tag_moved })
     }
 
     /// The manifest's exact bytes and media type, if it is in `repo`.
@@ -377,13 +384,40 @@ impl MetadataStore {
     }
 }
 
-async fn upsert_tag(
+/// Points `tag` at `digest`; true if it pointed at another manifest before. The common cases
+/// take one statement each (a push of the same tag again, a new tag); only a move, or a race
+/// with another push of the tag, reaches the upsert, which is then reported as a move.
+async fn point_tag(
     tx: &mut Transaction<'static, Any>,
     repo: &str,
     tag: &str,
     digest: &str,
     ts: i64,
-) -> Result<()> {
+) -> Result<bool> {
+    let same = sqlx::query("UPDATE tags SET updated_at = $4 WHERE repo = $1 AND tag = $2 AND digest = $3")
+        .bind(repo)
+        .bind(tag)
+        .bind(digest)
+        .bind(ts)
+        .execute(&mut **tx)
+        .await?;
+    if same.rows_affected() > 0 {
+        return Ok(false);
+    }
+    let created = sqlx::query(
+        "INSERT INTO tags (repo, tag, digest, updated_at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (repo, tag) DO NOTHING",
+    )
+    .bind(repo)
+    .bind(tag)
+    .bind(digest)
+    .bind(ts)
+    .execute(&mut **tx)
+    .await?;
+    if created.rows_affected() > 0 {
+        return Ok(false);
+    }
+    // The upsert, not an UPDATE: the tag may have been deleted since the INSERT saw it.
     sqlx::query(
         "INSERT INTO tags (repo, tag, digest, updated_at) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (repo, tag) DO UPDATE SET digest = excluded.digest, \
@@ -395,7 +429,7 @@ async fn upsert_tag(
     .bind(ts)
     .execute(&mut **tx)
     .await?;
-    Ok(())
+    Ok(true)
 }
 
 /// A manifest from a row with `digest`, `media_type` and `content` columns.

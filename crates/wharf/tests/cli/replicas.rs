@@ -118,6 +118,49 @@ fn a_tag_moved_through_one_replica_is_never_stale_on_the_other() {
 }
 
 #[test]
+fn a_manifest_or_tag_deleted_through_one_replica_is_gone_from_the_other_at_once() {
+    let cluster = Cluster::start(2);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (a, b) = (&cluster.replicas[0], &cluster.replicas[1]);
+    let on_a = RegistryClient::new(&a.addr);
+    let on_b = RegistryClient::new(&b.addr);
+    let image = TestImage::builder().seed(95).tag("v1").build();
+    let child = &image.children[0];
+    rt.block_on(on_a.push_child("team/going", child)).unwrap();
+    let status = |client: &RegistryClient, method: Method, reference: &str| {
+        let path = format!("/v2/team/going/manifests/{reference}");
+        rt.block_on(client.request(method, &path).send()).unwrap().status()
+    };
+    for trial in 0..10 {
+        // Alternate which replica deletes; the other one has just served (and remembers) both
+        // the tag and the digest, and must answer 404 to the next request all the same.
+        // The manifest is pushed again each time (its blobs are still linked).
+        let (writer, reader) = if trial % 2 == 0 { (&on_a, &on_b) } else { (&on_b, &on_a) };
+        let tag = format!("t{trial}");
+        rt.block_on(writer.push_manifest("team/going", &tag, &child.manifest)).unwrap();
+        for method in [Method::GET, Method::HEAD] {
+            assert_eq!(status(reader, method.clone(), &tag), StatusCode::OK, "trial {trial}");
+            assert_eq!(status(reader, method, &child.manifest.digest), StatusCode::OK, "trial {trial}");
+        }
+        assert_eq!(status(writer, Method::DELETE, &tag), StatusCode::ACCEPTED, "trial {trial}");
+        for method in [Method::GET, Method::HEAD] {
+            assert_eq!(status(reader, method, &tag), StatusCode::NOT_FOUND, "trial {trial}: stale tag");
+        }
+        assert_eq!(status(reader, Method::GET, &child.manifest.digest), StatusCode::OK, "only the tag went");
+
+        assert_eq!(
+            status(writer, Method::DELETE, &child.manifest.digest),
+            StatusCode::ACCEPTED,
+            "trial {trial}"
+        );
+        for method in [Method::GET, Method::HEAD] {
+            let got = status(reader, method, &child.manifest.digest);
+            assert_eq!(got, StatusCode::NOT_FOUND, "trial {trial}: a deleted manifest was served");
+        }
+    }
+}
+
+#[test]
 fn a_chunked_upload_hops_replicas_and_finishes_on_another() {
     let cluster = Cluster::start(2);
     let rt = tokio::runtime::Runtime::new().unwrap();
