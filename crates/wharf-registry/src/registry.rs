@@ -111,13 +111,14 @@ pub enum MountOutcome {
 impl Registry {
     pub fn new(blobs: BlobStore, meta: MetadataStore, config: RegistryConfig) -> Registry {
         let manifest_cache = ManifestCache::new(meta.cache_trust());
+        let trust_cache = TrustCache::new(meta.cache_trust());
         Registry {
             inner: Arc::new(Inner {
                 blobs,
                 meta,
                 config,
                 manifest_cache,
-                trust_cache: TrustCache::default(),
+                trust_cache,
                 flights: Flights::default(),
                 manifest_locks: KeyedLocks::default(),
                 event_source: events::Source::new(),
@@ -630,12 +631,16 @@ impl Registry {
         self.wake_deliverer(&events);
         // After the commit: a reader that saw the old tag cannot fill the cache any more, and
         // a tag that moved is not served from any replica's lease on where it was.
-        match put.tag_moved {
+        let signed = signed_subject(&manifest, tag);
+        if let Some(signed) = &signed {
+            self.inner.trust_cache.signature_pushed(repo, signed);
+        }
+        // A signature in a `[[trust]]` repository changes what replicas allow: as a tag move,
+        // answered once no replica decides by a verdict from before it.
+        let changes_verdicts = signed.is_some() && self.trust_rule(repo).is_some();
+        match put.tag_moved || changes_verdicts {
             true => self.invalidate_everywhere(repo).await,
             false => self.invalidate(repo),
-        }
-        if let Some(signed) = signed_subject(&manifest, tag) {
-            self.inner.trust_cache.signature_pushed(repo, &signed);
         }
         Ok(PushedManifest { digest, subject })
     }

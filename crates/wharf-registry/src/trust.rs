@@ -10,9 +10,14 @@
 //!   the signed index pins its children by digest, and `docker`/`podman` pull a platform by
 //!   the digest the index names. A child with its own valid signature is served too.
 //! - Verdicts are cached per (repository, digest): a pull does not re-read signatures each
-//!   time. Pushing a signature or referrer invalidates at once in this process; entries also
-//!   expire (a valid one after [`VALID_TTL`], a refusal after [`REFUSED_TTL`]) so that
-//!   replicas sharing a database catch up with signatures pushed or deleted elsewhere.
+//!   time. Pushing a signature or referrer, or deleting anything, invalidates at once in this
+//!   process. On SQLite that is everything (entries still expire: a valid one after
+//!   [`VALID_TTL`], a refusal after [`REFUSED_TTL`]). On PostgreSQL other replicas push and
+//!   delete signatures too: a verdict is a lease of
+//!   [`MetadataStore::cache_trust`](wharf_metadata::MetadataStore::cache_trust) counted from
+//!   before the reads it was reached from, a delete answers once every such lease has run out
+//!   (the manifest cache's wait), and so does a signature push in a `[[trust]]` repository:
+//!   once either has its answer, every replica decides by it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -44,29 +49,41 @@ pub struct TrustRule {
     pub keys: Arc<Vec<PublicKey>>,
 }
 
-/// A verdict (`None` allowed, `Some(reason)` refused) and when it was reached.
+/// A verdict (`None` allowed, `Some(reason)` refused) and when the reads it was reached from
+/// began.
 type Cached = (Option<String>, Instant);
 
 /// Verdicts by (repository, manifest digest).
-#[derive(Default)]
 pub(crate) struct TrustCache {
     entries: Mutex<HashMap<(RepoName, Digest), Cached>>,
+    /// Replicas: how long any verdict is reused (see the module docs); `None`: the TTLs.
+    lease: Option<Duration>,
 }
 
 impl TrustCache {
-    fn get(&self, repo: &RepoName, digest: &Digest) -> Option<Option<String>> {
-        let entries = self.entries.lock().expect("not poisoned");
-        let (verdict, at) = entries.get(&(repo.clone(), digest.clone()))?;
-        let ttl = if verdict.is_none() { VALID_TTL } else { REFUSED_TTL };
-        (at.elapsed() < ttl).then(|| verdict.clone())
+    pub(crate) fn new(lease: Option<Duration>) -> TrustCache {
+        TrustCache { entries: Mutex::default(), lease }
     }
 
-    fn put(&self, repo: &RepoName, digest: &Digest, verdict: Option<String>) {
+    /// The verdict, and when the reads behind it began.
+    fn get(&self, repo: &RepoName, digest: &Digest) -> Option<Cached> {
+        let entries = self.entries.lock().expect("not poisoned");
+        let (verdict, began) = entries.get(&(repo.clone(), digest.clone()))?;
+        let ttl = match (self.lease, verdict) {
+            (Some(lease), _) => lease,
+            (None, None) => VALID_TTL,
+            (None, Some(_)) => REFUSED_TTL,
+        };
+        (began.elapsed() < ttl).then(|| (verdict.clone(), *began))
+    }
+
+    /// Remembers a verdict reached from reads that began at `began`.
+    fn put(&self, repo: &RepoName, digest: &Digest, verdict: Option<String>, began: Instant) {
         let mut entries = self.entries.lock().expect("not poisoned");
         if entries.len() > 100_000 {
             entries.clear();
         }
-        entries.insert((repo.clone(), digest.clone()), (verdict, Instant::now()));
+        entries.insert((repo.clone(), digest.clone()), (verdict, began));
     }
 
     /// A signature for `subject` arrived: its verdict, and every refusal in the repository
@@ -126,9 +143,11 @@ impl Registry {
         bytes: Option<&[u8]>,
     ) -> Result<()> {
         let Some(rule) = self.trust_rule(repo) else { return Ok(()) };
-        if let Some(cached) = self.trust_cache().get(repo, digest) {
+        if let Some((cached, _)) = self.trust_cache().get(repo, digest) {
             return cached.map_or(Ok(()), |reason| Err(denied(repo, rule, digest, &reason)));
         }
+        // Before any read: a verdict is only as fresh as the oldest read it rests on.
+        let began = Instant::now();
         let loaded;
         let bytes = match bytes {
             Some(b) => b,
@@ -143,32 +162,32 @@ impl Registry {
         let parsed = Manifest::parse(None, bytes).ok();
         if parsed.as_ref().is_some_and(is_exempt) {
             // Decided by the bytes alone, which the digest fixes.
-            self.trust_cache().put(repo, digest, None);
+            self.trust_cache().put(repo, digest, None, began);
             return Ok(());
         }
         let verdict = self.trust_verdict(repo, digest, &rule.keys).await?;
         if verdict.is_none() {
-            self.trust_cache().put(repo, digest, None);
+            self.trust_cache().put(repo, digest, None, began);
             return Ok(());
         }
         // A child pinned by a signed index of this repository.
         for (index, _) in self.metadata().indexes_listing(repo, digest).await? {
-            let index_ok = match self.trust_cache().get(repo, &index) {
-                Some(v) => v.is_none(),
+            let (index_ok, index_began) = match self.trust_cache().get(repo, &index) {
+                Some((v, at)) => (v.is_none(), at.min(began)),
                 None => {
                     let v = self.trust_verdict(repo, &index, &rule.keys).await?;
                     let ok = v.is_none();
-                    self.trust_cache().put(repo, &index, v);
-                    ok
+                    self.trust_cache().put(repo, &index, v, began);
+                    (ok, began)
                 }
             };
             if index_ok {
-                self.trust_cache().put(repo, digest, None);
+                self.trust_cache().put(repo, digest, None, index_began);
                 return Ok(());
             }
         }
         let reason = verdict.unwrap_or_default();
-        self.trust_cache().put(repo, digest, Some(reason.clone()));
+        self.trust_cache().put(repo, digest, Some(reason.clone()), began);
         Err(denied(repo, rule, digest, &reason))
     }
 
@@ -318,18 +337,38 @@ mod tests {
 
     #[test]
     fn cache_invalidation() {
-        let c = TrustCache::default();
+        let c = TrustCache::new(None);
         let repo: RepoName = "prod/app".parse().unwrap();
         let (a, b) = (Digest::sha256_of(b"a"), Digest::sha256_of(b"b"));
-        c.put(&repo, &a, Some("unsigned".into()));
-        c.put(&repo, &b, None);
-        assert_eq!(c.get(&repo, &a), Some(Some("unsigned".into())));
+        let now = Instant::now();
+        c.put(&repo, &a, Some("unsigned".into()), now);
+        c.put(&repo, &b, None, now);
+        assert_eq!(c.get(&repo, &a), Some((Some("unsigned".into()), now)));
         c.signature_pushed(&repo, &b);
         // The refusal is dropped (a new signature may change it), and the signed subject too.
         assert_eq!(c.get(&repo, &a), None);
         assert_eq!(c.get(&repo, &b), None);
-        c.put(&repo, &b, None);
+        c.put(&repo, &b, None, now);
         c.forget_repo(&repo);
         assert_eq!(c.get(&repo, &b), None);
+    }
+
+    #[test]
+    fn replicas_reuse_any_verdict_only_for_the_lease_from_before_its_reads() {
+        let lease = Duration::from_millis(200);
+        let c = TrustCache::new(Some(lease));
+        let repo: RepoName = "prod/app".parse().unwrap();
+        let a = Digest::sha256_of(b"a");
+        c.put(&repo, &a, None, Instant::now());
+        assert!(c.get(&repo, &a).is_some());
+        // Reads that began a lease ago give a verdict that is already out of date.
+        c.put(&repo, &a, None, Instant::now() - lease);
+        assert_eq!(c.get(&repo, &a), None, "a valid verdict outlived the lease");
+        c.put(&repo, &a, Some("unsigned".into()), Instant::now() - lease);
+        assert_eq!(c.get(&repo, &a), None, "a refusal outlived the lease");
+        // Without replicas, a valid verdict is kept for its TTL.
+        let single = TrustCache::new(None);
+        single.put(&repo, &a, None, Instant::now() - lease);
+        assert!(single.get(&repo, &a).is_some());
     }
 }

@@ -6,6 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
+use wharf_testkit::sign::{CosignKey, cosign_style_signature};
 use wharf_testkit::{Blob, Garage, Nginx, RegistryClient, TestImage, run_ok, skopeo, skopeo_inspect_raw};
 
 use crate::server::{Backend, SharedDatabase, WharfServer};
@@ -21,10 +22,15 @@ struct Cluster {
 
 impl Cluster {
     fn start(replicas: usize) -> Cluster {
+        Cluster::start_with(replicas, "")
+    }
+
+    /// Replicas whose configuration has `extra` (whole TOML tables) too.
+    fn start_with(replicas: usize, extra: &str) -> Cluster {
         let garage = Garage::start();
         let db = SharedDatabase::create();
         let config = format!(
-            "database = \"{}\"\n[index_policy]\ndefault = \"sparse\"\n{}",
+            "database = \"{}\"\n{extra}\n[index_policy]\ndefault = \"sparse\"\n{}",
             db.url,
             garage.storage_toml("registry")
         );
@@ -157,6 +163,41 @@ fn a_manifest_or_tag_deleted_through_one_replica_is_gone_from_the_other_at_once(
             let got = status(reader, method, &child.manifest.digest);
             assert_eq!(got, StatusCode::NOT_FOUND, "trial {trial}: a deleted manifest was served");
         }
+    }
+}
+
+#[test]
+fn a_signature_pushed_or_deleted_through_one_replica_decides_pulls_on_the_other_at_once() {
+    let keys = tempfile::tempdir().unwrap();
+    let vendor = CosignKey::from_seed(11);
+    let key_path = keys.path().join("vendor.pub");
+    std::fs::write(&key_path, vendor.public_key_pem()).unwrap();
+    let trust = format!("[[trust]]\npattern = \"prod/**\"\nkeys = [{:?}]\n", key_path.to_str().unwrap());
+    let cluster = Cluster::start_with(2, &trust);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (a, b) = (&cluster.replicas[0], &cluster.replicas[1]);
+    let on_a = RegistryClient::new(&a.addr);
+    let on_b = RegistryClient::new(&b.addr);
+    let image = TestImage::builder().seed(97).tag("v1").build();
+    rt.block_on(on_a.push_image("prod/app", &image)).unwrap();
+    let signature = cosign_style_signature(&vendor, &format!("{}/prod/app", a.addr), &image.index.digest);
+    let pull = |client: &RegistryClient| {
+        let req = client
+            .request(Method::GET, "/v2/prod/app/manifests/v1")
+            .header("Accept", wharf_testkit::ACCEPT_ALL_MANIFESTS.join(", "));
+        rt.block_on(req.send()).unwrap().status()
+    };
+    for trial in 0..6 {
+        let (writer, reader) = if trial % 2 == 0 { (&on_a, &on_b) } else { (&on_b, &on_a) };
+        // The reader has just refused the unsigned index (and remembers why) ...
+        assert_eq!(pull(reader), StatusCode::FORBIDDEN, "trial {trial}: unsigned");
+        rt.block_on(writer.push_artifact("prod/app", &signature)).unwrap();
+        // ... and serves it as soon as the signature's push has its answer; then remembers that.
+        assert_eq!(pull(reader), StatusCode::OK, "trial {trial}: signed through the other replica");
+        let sig = format!("/v2/prod/app/manifests/{}", signature.manifest.digest);
+        let deleted = rt.block_on(writer.request(Method::DELETE, &sig).send()).unwrap().status();
+        assert_eq!(deleted, StatusCode::ACCEPTED, "trial {trial}");
+        assert_eq!(pull(reader), StatusCode::FORBIDDEN, "trial {trial}: the signature was deleted");
     }
 }
 
