@@ -47,8 +47,9 @@ measure_small() { # name url
 }
 
 # Wharf on PostgreSQL too (what replicas run), when psql reaches BENCH_POSTGRES: in a database
-# of its own, dropped at the end. On SQLite blob links and manifests are answered from memory;
-# on PostgreSQL every request is a query, since other replicas may change them.
+# of its own, dropped at the end. On SQLite blob links and manifests are answered from memory
+# until this process changes them; on PostgreSQL from a 200 ms lease per entry (other replicas
+# may change them: see wharf-metadata's link_cache.rs and wharf-registry's cache.rs).
 PG_ADMIN="${BENCH_POSTGRES:-postgres://postgres@127.0.0.1:5432/postgres}"
 KINDS=(distribution wharf)
 PG_DB="wharf_small_bench_$$"

@@ -72,7 +72,7 @@ pub struct MetadataStore {
     backend: Backend,
     /// The schema created by [`MetadataStore::connect_postgres_isolated`].
     isolated_schema: Option<String>,
-    /// Blob links remembered for pulls (SQLite only; see `link_cache.rs`).
+    /// Blob links remembered for pulls (on PostgreSQL as leases; see `link_cache.rs`).
     links: Option<Arc<LinkCache>>,
 }
 
