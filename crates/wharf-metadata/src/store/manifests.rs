@@ -384,9 +384,11 @@ impl MetadataStore {
     }
 }
 
-/// Points `tag` at `digest`; true if it pointed at another manifest before. The common cases
-/// take one statement each (a push of the same tag again, a new tag); only a move, or a race
-/// with another push of the tag, reaches the upsert, which is then reported as a move.
+/// Points `tag` at `digest`; true if it pointed at another manifest before. Statements are
+/// tried in turn until one changes a row: a push of the same tag again and a new tag stop at
+/// the first or second; only a move, or a race with another push of the tag, reaches the
+/// upsert (not a plain UPDATE: the tag may have been deleted since the INSERT saw it), which
+/// is then reported as a move.
 async fn point_tag(
     tx: &mut Transaction<'static, Any>,
     repo: &str,
@@ -394,41 +396,26 @@ async fn point_tag(
     digest: &str,
     ts: i64,
 ) -> Result<bool> {
-    let same = sqlx::query("UPDATE tags SET updated_at = $4 WHERE repo = $1 AND tag = $2 AND digest = $3")
-        .bind(repo)
-        .bind(tag)
-        .bind(digest)
-        .bind(ts)
-        .execute(&mut **tx)
-        .await?;
-    if same.rows_affected() > 0 {
-        return Ok(false);
+    const STEPS: [(&str, bool); 3] = [
+        ("UPDATE tags SET updated_at = $4 WHERE repo = $1 AND tag = $2 AND digest = $3", false),
+        (
+            "INSERT INTO tags (repo, tag, digest, updated_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (repo, tag) DO NOTHING",
+            false,
+        ),
+        (
+            "INSERT INTO tags (repo, tag, digest, updated_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (repo, tag) DO UPDATE SET digest = excluded.digest, \
+             updated_at = excluded.updated_at",
+            true,
+        ),
+    ];
+    for (sql, moved) in STEPS {
+        let done = sqlx::query(sql).bind(repo).bind(tag).bind(digest).bind(ts).execute(&mut **tx).await?;
+        if done.rows_affected() > 0 {
+            return Ok(moved);
+        }
     }
-    let created = sqlx::query(
-        "INSERT INTO tags (repo, tag, digest, updated_at) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (repo, tag) DO NOTHING",
-    )
-    .bind(repo)
-    .bind(tag)
-    .bind(digest)
-    .bind(ts)
-    .execute(&mut **tx)
-    .await?;
-    if created.rows_affected() > 0 {
-        return Ok(false);
-    }
-    // The upsert, not an UPDATE: the tag may have been deleted since the INSERT saw it.
-    sqlx::query(
-        "INSERT INTO tags (repo, tag, digest, updated_at) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (repo, tag) DO UPDATE SET digest = excluded.digest, \
-         updated_at = excluded.updated_at",
-    )
-    .bind(repo)
-    .bind(tag)
-    .bind(digest)
-    .bind(ts)
-    .execute(&mut **tx)
-    .await?;
     Ok(true)
 }
 
