@@ -320,7 +320,7 @@ impl MetadataStore {
     /// counted from *before* the read; `None`: until it changes it itself (SQLite, where this
     /// process is the only writer of manifests and tags). On PostgreSQL other replicas write
     /// too, so a memory is a lease, shorter than [`MetadataStore::removal_wait`].
-    pub fn cache_trust(&self) -> Option<Duration> {
+    pub fn replica_lease(&self) -> Option<Duration> {
         match self.backend {
             Backend::Sqlite => None,
             Backend::Postgres => Some(link_cache::LEASE_TRUSTED),

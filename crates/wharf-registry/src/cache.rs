@@ -4,7 +4,7 @@
 //! Invalidated by this process's own writes (after their commit, per repository). On SQLite
 //! this process is the only writer of manifests and tags, so an entry holds until then. On
 //! PostgreSQL other replicas write too: an entry is a lease of
-//! [`MetadataStore::cache_trust`](wharf_metadata::MetadataStore::cache_trust) counted from
+//! [`MetadataStore::replica_lease`](wharf_metadata::MetadataStore::replica_lease) counted from
 //! before the read, and whoever deletes a manifest or a tag or moves a tag waits
 //! [`removal_wait`](wharf_metadata::MetadataStore::removal_wait) after its commit before it
 //! answers, so that once it has, no replica serves the old state. Reads that find nothing are
@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use wharf_metadata::StoredManifest;
 use wharf_oci::{Digest, Reference, RepoName};
 
 /// A manifest as served: exact bytes, shared without copying.
@@ -24,6 +25,12 @@ pub struct ServedManifest {
     pub digest: Digest,
     pub media_type: String,
     pub content: Bytes,
+}
+
+impl From<StoredManifest> for ServedManifest {
+    fn from(m: StoredManifest) -> ServedManifest {
+        ServedManifest { digest: m.digest, media_type: m.media_type, content: m.content.into() }
+    }
 }
 
 /// Bytes of manifests kept; past this the cache starts over (manifests are small and tags
@@ -46,7 +53,7 @@ pub struct ManifestCache {
     generation: AtomicU64,
     /// How long an entry is served, from before the read that filled it; `None`: until
     /// invalidated (see the module docs).
-    trust: Option<Duration>,
+    lease: Option<Duration>,
 }
 
 /// Taken before a read of the database, handed to [`ManifestCache::fill`] with its result.
@@ -57,10 +64,10 @@ pub struct ReadStart {
 }
 
 impl ManifestCache {
-    /// A cache whose entries are served for `trust` after the read began (`None`: until this
+    /// A cache whose entries are served for `lease` after the read began (`None`: until this
     /// process invalidates them).
-    pub fn new(trust: Option<Duration>) -> ManifestCache {
-        ManifestCache { entries: Mutex::default(), generation: AtomicU64::new(0), trust }
+    pub fn new(lease: Option<Duration>) -> ManifestCache {
+        ManifestCache { entries: Mutex::default(), generation: AtomicU64::new(0), lease }
     }
 
     pub fn get(&self, repo: &RepoName, reference: &Reference) -> Option<ServedManifest> {
@@ -82,7 +89,7 @@ impl ManifestCache {
         if self.generation.load(Ordering::Acquire) != read.generation {
             return;
         }
-        let until = self.trust.map(|t| read.began + t);
+        let until = self.lease.map(|t| read.began + t);
         if until.is_some_and(|u| Instant::now() >= u) {
             return; // the database was slower than the lease: nothing to gain
         }
@@ -161,14 +168,14 @@ mod tests {
 
     #[test]
     fn a_replica_serves_an_entry_for_its_lease_counted_from_before_the_read() {
-        let trust = Duration::from_millis(200);
-        let cache = ManifestCache::new(Some(trust));
+        let lease = Duration::from_millis(200);
+        let cache = ManifestCache::new(Some(lease));
         let (repo, tag): (RepoName, Reference) = ("a".parse().unwrap(), "v1".parse().unwrap());
         cache.fill(cache.read_start(), &repo, &tag, &m("fresh"));
         assert_eq!(cache.get(&repo, &tag).unwrap().content, "fresh");
 
         // A read that began a lease ago lands already expired.
-        let old = ReadStart { began: Instant::now() - trust, ..cache.read_start() };
+        let old = ReadStart { began: Instant::now() - lease, ..cache.read_start() };
         let other: Reference = "v2".parse().unwrap();
         cache.fill(old, &repo, &other, &m("old"));
         assert!(cache.get(&repo, &other).is_none());
@@ -177,7 +184,7 @@ mod tests {
         let began = Instant::now() - Duration::from_millis(50);
         cache.fill(ReadStart { began, ..cache.read_start() }, &repo, &other, &m("short"));
         assert_eq!(cache.get(&repo, &other).unwrap().content, "short");
-        std::thread::sleep(trust);
+        std::thread::sleep(lease);
         assert!(cache.get(&repo, &other).is_none(), "served past its lease");
     }
 }

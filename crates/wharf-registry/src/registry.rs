@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
 use tokio::sync::watch;
-use wharf_metadata::{ChildRecord, MetadataStore, NewManifest, StoredManifest};
+use wharf_metadata::{ChildRecord, MetadataStore, NewManifest};
 
 use crate::cache::{ManifestCache, ServedManifest};
 use wharf_oci::{
@@ -110,8 +110,8 @@ pub enum MountOutcome {
 
 impl Registry {
     pub fn new(blobs: BlobStore, meta: MetadataStore, config: RegistryConfig) -> Registry {
-        let manifest_cache = ManifestCache::new(meta.cache_trust());
-        let trust_cache = TrustCache::new(meta.cache_trust());
+        let manifest_cache = ManifestCache::new(meta.replica_lease());
+        let trust_cache = TrustCache::new(meta.replica_lease());
         Registry {
             inner: Arc::new(Inner {
                 blobs,
@@ -422,11 +422,6 @@ impl Registry {
     }
 
     async fn read_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<ServedManifest> {
-        let served = |m: StoredManifest| ServedManifest {
-            digest: m.digest,
-            media_type: m.media_type,
-            content: m.content.into(),
-        };
         // The pull hot path: from the cache (on PostgreSQL a lease, see `cache.rs`), else one
         // query for the bytes (by tag: tag and bytes in one).
         let cache = &self.inner.manifest_cache;
@@ -444,7 +439,7 @@ impl Registry {
                 let read = cache.read_start();
                 return match self.inner.meta.get_tagged_manifest(repo, tag).await? {
                     Some(m) => {
-                        let m = served(m);
+                        let m = ServedManifest::from(m);
                         cache.fill(read, repo, reference, &m);
                         Ok(m)
                     }
@@ -452,18 +447,31 @@ impl Registry {
                 };
             }
         };
-        let read = cache.read_start();
-        if let Some(m) = self.inner.meta.get_manifest(repo, digest).await? {
-            let m = served(m);
-            cache.fill(read, repo, reference, &m);
+        if let Some(m) = self.read_into_cache(repo, reference, digest).await? {
             return Ok(m);
         }
         if self.fill_manifest(repo, digest, 0).await?
             && let Some(m) = self.inner.meta.get_manifest(repo, digest).await?
         {
-            return Ok(served(m));
+            return Ok(m.into());
         }
         Err(self.manifest_unknown(repo, reference).await?)
+    }
+
+    /// The manifest `digest` (named by `reference`) as stored here, remembered in the cache;
+    /// `None` if it is not here. For a caller that missed the cache.
+    async fn read_into_cache(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        digest: &Digest,
+    ) -> Result<Option<ServedManifest>> {
+        let cache = &self.inner.manifest_cache;
+        let read = cache.read_start();
+        let Some(m) = self.inner.meta.get_manifest(repo, digest).await? else { return Ok(None) };
+        let m = ServedManifest::from(m);
+        cache.fill(read, repo, reference, &m);
+        Ok(Some(m))
     }
 
     /// Tags of `repo` may have changed: drop what the cache holds for it.
@@ -471,12 +479,11 @@ impl Registry {
         self.inner.manifest_cache.invalidate(repo);
     }
 
-    /// After the commit of a write that removed a manifest or a tag, or moved a tag: drop what
-    /// this process remembers of `repo`, then wait until no replica's lease on the old state is
-    /// left (PostgreSQL; nothing to wait for on SQLite), so that once the client has its answer
+    /// After the commit of a write that removed a manifest or a tag, moved a tag, or changed
+    /// what a signature allows: wait until no replica's lease on the old state is left
+    /// (PostgreSQL; nothing to wait for on SQLite), so that once the client has its answer
     /// every replica serves the new state.
-    async fn invalidate_everywhere(&self, repo: &RepoName) {
-        self.invalidate(repo);
+    async fn outlast_replica_leases(&self) {
         tokio::time::sleep(self.inner.meta.removal_wait()).await;
     }
 
@@ -511,17 +518,12 @@ impl Registry {
         };
         // As GET by digest: the bytes are small, and reading them fills the cache that the
         // GET after this HEAD (or the next HEAD) is served from.
-        let cache = &self.inner.manifest_cache;
-        if let Some(hit) = cache.get(repo, reference) {
-            return Ok((hit.digest, hit.media_type, hit.content.len() as u64));
-        }
-        let read = cache.read_start();
-        if let Some(m) = self.inner.meta.get_manifest(repo, digest).await? {
-            let (media_type, size) = (m.media_type.clone(), m.content.len() as u64);
-            let served =
-                ServedManifest { digest: m.digest, media_type: m.media_type, content: m.content.into() };
-            cache.fill(read, repo, reference, &served);
-            return Ok((digest.clone(), media_type, size));
+        let m = match self.inner.manifest_cache.get(repo, reference) {
+            Some(hit) => Some(hit),
+            None => self.read_into_cache(repo, reference, digest).await?,
+        };
+        if let Some(m) = m {
+            return Ok((m.digest, m.media_type, m.content.len() as u64));
         }
         if may_fill
             && self.fill_manifest(repo, digest, 0).await?
@@ -638,9 +640,9 @@ impl Registry {
         // A signature in a `[[trust]]` repository changes what replicas allow: as a tag move,
         // answered once no replica decides by a verdict from before it.
         let changes_verdicts = signed.is_some() && self.trust_rule(repo).is_some();
-        match put.tag_moved || changes_verdicts {
-            true => self.invalidate_everywhere(repo).await,
-            false => self.invalidate(repo),
+        self.invalidate(repo);
+        if put.tag_moved || changes_verdicts {
+            self.outlast_replica_leases().await;
         }
         Ok(PushedManifest { digest, subject })
     }
@@ -769,11 +771,12 @@ impl Registry {
             }
         };
         self.inner.trust_cache.forget_repo(repo);
-        match deleted {
-            true => self.invalidate_everywhere(repo).await,
-            false => self.invalidate(repo),
+        self.invalidate(repo);
+        if !deleted {
+            return Err(self.manifest_unknown(repo, reference).await?);
         }
-        if deleted { Ok(()) } else { Err(self.manifest_unknown(repo, reference).await?) }
+        self.outlast_replica_leases().await;
+        Ok(())
     }
 
     // ---- on-demand fill ----------------------------------------------------------------
@@ -925,18 +928,13 @@ impl Registry {
         tag: &Tag,
         rule: &UpstreamRule,
     ) -> Result<ServedManifest> {
-        let served = |m: StoredManifest| ServedManifest {
-            digest: m.digest,
-            media_type: m.media_type,
-            content: m.content.into(),
-        };
         let now = unix_now();
         let ttl = i64::try_from(rule.tag_ttl.as_secs()).unwrap_or(i64::MAX);
         let fresh = |checked: Option<i64>| checked.is_some_and(|c| c <= now && now - c < ttl);
         if let Some((m, checked)) = self.inner.meta.get_tagged_manifest_checked(repo, tag).await?
             && fresh(checked)
         {
-            return Ok(served(m));
+            return Ok(ServedManifest::from(m));
         }
         // One look-up per tag at a time; those who waited find it fresh.
         let _one_at_a_time = self.inner.manifest_locks.lock(format!("{repo}:{tag}")).await;
@@ -944,7 +942,7 @@ impl Registry {
         if let Some((m, checked)) = &local
             && fresh(*checked)
         {
-            return Ok(served(m.clone()));
+            return Ok(ServedManifest::from(m.clone()));
         }
         let local = local.map(|(m, _)| m);
         let upstream = &rule.upstream;
@@ -956,7 +954,7 @@ impl Registry {
                     Some(m) => {
                         tracing::warn!(%repo, %tag, upstream = %upstream.describe(), "tag is gone upstream; serving the copy here");
                         self.inner.meta.mark_tag_checked(repo, tag, &m.digest, now).await?;
-                        Ok(served(m))
+                        Ok(ServedManifest::from(m))
                     }
                     None => Err(RegistryError::ManifestUnknown {
                         message: format!(
@@ -969,7 +967,7 @@ impl Registry {
             Err(e) => {
                 tracing::warn!(%repo, %tag, upstream = %upstream.describe(), error = %e, "pull-through: upstream unavailable");
                 return match local {
-                    Some(m) => Ok(served(m)),
+                    Some(m) => Ok(ServedManifest::from(m)),
                     None => Err(RegistryError::ManifestUnknown {
                         message: format!(
                             "tag {tag} is not in repository {repo}, and its upstream {} could not be \
@@ -985,7 +983,7 @@ impl Registry {
             && m.digest == digest
         {
             self.inner.meta.mark_tag_checked(repo, tag, &digest, now).await?;
-            return Ok(served(m.clone()));
+            return Ok(ServedManifest::from(m.clone()));
         }
         let stored = match Manifest::parse(Some(&media_type), &bytes) {
             Ok(manifest) if self.fill_blobs_of(repo, &manifest).await? => {
@@ -1007,7 +1005,7 @@ impl Registry {
                 self.inner.meta.mark_tag_checked(repo, tag, &digest, now).await?;
                 tracing::info!(%repo, %tag, %digest, upstream = %upstream.describe(), "pull-through: tag updated from upstream");
                 match self.inner.meta.get_manifest(repo, &digest).await? {
-                    Some(m) => Ok(served(m)),
+                    Some(m) => Ok(ServedManifest::from(m)),
                     None => Err(self.manifest_unknown(repo, &reference).await?),
                 }
             }
@@ -1015,7 +1013,7 @@ impl Registry {
             Err(e) => match local {
                 Some(m) => {
                     tracing::warn!(%repo, %tag, upstream = %upstream.describe(), error = %e, "pull-through: keeping the copy here");
-                    Ok(served(m))
+                    Ok(ServedManifest::from(m))
                 }
                 None => Err(e),
             },

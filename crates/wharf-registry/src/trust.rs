@@ -14,7 +14,7 @@
 //!   process. On SQLite that is everything (entries still expire: a valid one after
 //!   [`VALID_TTL`], a refusal after [`REFUSED_TTL`]). On PostgreSQL other replicas push and
 //!   delete signatures too: a verdict is a lease of
-//!   [`MetadataStore::cache_trust`](wharf_metadata::MetadataStore::cache_trust) counted from
+//!   [`MetadataStore::replica_lease`](wharf_metadata::MetadataStore::replica_lease) counted from
 //!   before the reads it was reached from, a delete answers once every such lease has run out
 //!   (the manifest cache's wait), and so does a signature push in a `[[trust]]` repository:
 //!   once either has its answer, every replica decides by it.

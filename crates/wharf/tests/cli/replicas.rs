@@ -40,6 +40,12 @@ impl Cluster {
         Cluster { nginx, replicas, config, db, garage }
     }
 
+    /// A client of each of the first two replicas, to write through one and read through the
+    /// other.
+    fn first_two_clients(&self) -> (RegistryClient, RegistryClient) {
+        (RegistryClient::new(&self.replicas[0].addr), RegistryClient::new(&self.replicas[1].addr))
+    }
+
     fn front(&self, rest: &str) -> String {
         format!("docker://{}/{rest}", self.nginx.addr)
     }
@@ -97,9 +103,7 @@ fn skopeo_copy_all_in_and_out_through_the_balancer_is_byte_identical() {
 fn a_tag_moved_through_one_replica_is_never_stale_on_the_other() {
     let cluster = Cluster::start(2);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (a, b) = (&cluster.replicas[0], &cluster.replicas[1]);
-    let on_a = RegistryClient::new(&a.addr);
-    let on_b = RegistryClient::new(&b.addr);
+    let (on_a, on_b) = cluster.first_two_clients();
     let images: Vec<TestImage> =
         (0..2).map(|i| TestImage::builder().seed(90 + i).tag("v1").build()).collect();
     for img in &images {
@@ -127,9 +131,7 @@ fn a_tag_moved_through_one_replica_is_never_stale_on_the_other() {
 fn a_manifest_or_tag_deleted_through_one_replica_is_gone_from_the_other_at_once() {
     let cluster = Cluster::start(2);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (a, b) = (&cluster.replicas[0], &cluster.replicas[1]);
-    let on_a = RegistryClient::new(&a.addr);
-    let on_b = RegistryClient::new(&b.addr);
+    let (on_a, on_b) = cluster.first_two_clients();
     let image = TestImage::builder().seed(95).tag("v1").build();
     let child = &image.children[0];
     rt.block_on(on_a.push_child("team/going", child)).unwrap();
@@ -175,12 +177,14 @@ fn a_signature_pushed_or_deleted_through_one_replica_decides_pulls_on_the_other_
     let trust = format!("[[trust]]\npattern = \"prod/**\"\nkeys = [{:?}]\n", key_path.to_str().unwrap());
     let cluster = Cluster::start_with(2, &trust);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (a, b) = (&cluster.replicas[0], &cluster.replicas[1]);
-    let on_a = RegistryClient::new(&a.addr);
-    let on_b = RegistryClient::new(&b.addr);
+    let (on_a, on_b) = cluster.first_two_clients();
     let image = TestImage::builder().seed(97).tag("v1").build();
     rt.block_on(on_a.push_image("prod/app", &image)).unwrap();
-    let signature = cosign_style_signature(&vendor, &format!("{}/prod/app", a.addr), &image.index.digest);
+    let signature = cosign_style_signature(
+        &vendor,
+        &format!("{}/prod/app", cluster.replicas[0].addr),
+        &image.index.digest,
+    );
     let pull = |client: &RegistryClient| {
         let req = client
             .request(Method::GET, "/v2/prod/app/manifests/v1")
