@@ -23,6 +23,20 @@ pub type BlobOpener =
 
 const OCTET_STREAM: &str = "application/octet-stream";
 
+/// An upload session a registry opened: where to send the bytes, and its smallest chunk.
+#[derive(Debug, Clone)]
+pub struct UploadSession {
+    pub(crate) location: Url,
+    pub(crate) min_chunk: u64,
+}
+
+/// What a mount request got: the blob, or an upload session to send it in.
+#[derive(Debug)]
+pub enum Mounted {
+    Yes,
+    No(UploadSession),
+}
+
 // ---------------------------------------------------------------------------------------------
 // Downloads
 
@@ -510,7 +524,7 @@ impl RegistryClient {
                 }
             })
         });
-        self.upload(repo, digest, size, opener, false).await
+        self.upload(repo, digest, size, opener, false, None).await
     }
 
     /// Like [`RegistryClient::push_blob`], but after a dropped connection (or a lost upload
@@ -523,7 +537,20 @@ impl RegistryClient {
         size: u64,
         open: BlobOpener,
     ) -> Result<(), ClientError> {
-        self.upload(repo, digest, size, open, true).await
+        self.upload(repo, digest, size, open, true, None).await
+    }
+
+    /// [`RegistryClient::push_blob_resumable`] into a session already open (from
+    /// [`RegistryClient::mount_or_start`]), which saves the `POST` that would open one.
+    pub async fn push_blob_in(
+        &self,
+        session: UploadSession,
+        repo: &RepoName,
+        digest: &Digest,
+        size: u64,
+        open: BlobOpener,
+    ) -> Result<(), ClientError> {
+        self.upload(repo, digest, size, open, true, Some(session)).await
     }
 
     /// Upload small in-memory content (configs, signatures): `POST` then `PUT ?digest=`.
@@ -538,7 +565,7 @@ impl RegistryClient {
             return Err(ClientError::DigestMismatch { expected: digest.clone(), actual });
         }
         let size = bytes.len() as u64;
-        let (loc, _) = self.start_upload(repo).await?;
+        let loc = self.start_upload(repo).await?.location;
         let req = Req::new(Method::PUT, with_digest(&loc, digest), vec![scope(repo, "pull,push")])
             .header(CONTENT_TYPE, OCTET_STREAM)
             .body(bytes);
@@ -546,17 +573,27 @@ impl RegistryClient {
         self.finish_response(repo, digest, size, &loc, resp).await
     }
 
-    /// `POST /v2/<repo>/blobs/uploads/`: the session URL and the registry's minimum chunk size.
-    async fn start_upload(&self, repo: &RepoName) -> Result<(Url, u64), ClientError> {
+    /// `POST /v2/<repo>/blobs/uploads/`: a new upload session.
+    async fn start_upload(&self, repo: &RepoName) -> Result<UploadSession, ClientError> {
         let url = self.url(&format!("/v2/{repo}/blobs/uploads/")).await?;
         let resp = self.send(&Req::new(Method::POST, url.clone(), vec![scope(repo, "pull,push")])).await?;
         if resp.status() != StatusCode::ACCEPTED {
             let host = self.host().to_owned();
             return Err(self.error_for(resp, || format!("repository {repo} on {host}")).await);
         }
-        let loc = self.location(&url, resp.headers())?;
-        let min = header_u64(resp.headers(), "oci-chunk-min-length").unwrap_or(0);
-        Ok((loc, min))
+        self.session_of(&url, &resp)
+    }
+
+    /// The session a `202 Accepted` to an upload `POST` describes.
+    pub(crate) fn session_of(
+        &self,
+        request_url: &Url,
+        resp: &Response,
+    ) -> Result<UploadSession, ClientError> {
+        Ok(UploadSession {
+            location: self.location(request_url, resp.headers())?,
+            min_chunk: header_u64(resp.headers(), "oci-chunk-min-length").unwrap_or(0),
+        })
     }
 
     fn location(&self, request_url: &Url, headers: &HeaderMap) -> Result<Url, ClientError> {
@@ -632,12 +669,17 @@ impl RegistryClient {
         size: u64,
         mut open: BlobOpener,
         reopenable: bool,
+        mut opened: Option<UploadSession>,
     ) -> Result<(), ClientError> {
         let scopes = vec![scope(repo, "pull,push")];
         let max = self.inner.options.max_retries;
         let mut failures = 0u32;
         'session: loop {
-            let (mut loc, min_chunk) = self.start_upload(repo).await?;
+            let session = match opened.take() {
+                Some(s) => s,
+                None => self.start_upload(repo).await?,
+            };
+            let (mut loc, min_chunk) = (session.location, session.min_chunk);
             let chunk = self.inner.options.chunk_size.max(min_chunk).max(1);
             let mut feed = match open(0).await {
                 Ok(s) => Feed::new(s, 0, size),

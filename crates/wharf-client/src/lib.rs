@@ -24,7 +24,7 @@ mod error;
 pub mod fuzzing;
 mod ops;
 
-pub use blob::BlobOpener;
+pub use blob::{BlobOpener, Mounted, UploadSession};
 pub use client::{ClientOptions, DEFAULT_CHUNK_SIZE, PingInfo, RegistryClient, is_loopback_host};
 pub use credentials::{Credentials, credentials_for, credentials_in, default_auth_files};
 pub use error::{ClientError, RegistryErrorEntry};
@@ -60,6 +60,7 @@ fn futures_are_send(
     send(c.get_blob(&r, &d, 0));
     send(c.mount_blob(&r, &d, &r));
     send(c.push_blob(&r, &d, 0, s));
+    send(c.mount_or_start(&r, &d, &r));
     send(c.push_blob_resumable(&r, &d, 0, o));
     send(c.push_blob_bytes(&r, &d, Bytes::new()));
     send(c.list_tags(&r));

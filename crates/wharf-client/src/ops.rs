@@ -1,12 +1,12 @@
 //! Manifests, tags, referrers, blob existence and mounts, raw extension requests.
 
 use bytes::Bytes;
-use reqwest::header::{ACCEPT, CONTENT_TYPE, LINK, LOCATION};
+use reqwest::header::{ACCEPT, CONTENT_TYPE, LINK};
 use reqwest::{Method, StatusCode, Url};
 use wharf_oci::{Algorithm, Descriptor, Digest, MAX_MANIFEST_BYTES, Reference, RepoName, media_types};
 
 use crate::client::{Req, content_type, header_str, header_u64, read_limited, scope};
-use crate::{ClientError, RegistryClient};
+use crate::{ClientError, Mounted, RegistryClient};
 
 /// The `Accept` header for manifests: OCI and Docker, images and indexes.
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
@@ -243,18 +243,35 @@ impl RegistryClient {
         digest: &Digest,
         from: &RepoName,
     ) -> Result<bool, ClientError> {
-        let mut url = self.url(&format!("/v2/{repo}/blobs/uploads/")).await?;
-        url.query_pairs_mut().append_pair("mount", &digest.to_string()).append_pair("from", from.as_str());
-        let scopes = vec![scope(repo, "pull,push"), scope(from, "pull")];
-        let resp = self.send(&Req::new(Method::POST, url, scopes)).await?;
-        match resp.status() {
-            StatusCode::CREATED => Ok(true),
-            StatusCode::ACCEPTED => {
-                if let Some(loc) = header_str(resp.headers(), LOCATION.as_str()).map(str::to_owned) {
-                    self.cancel_upload(repo, &loc).await;
-                }
+        match self.mount_or_start(repo, digest, from).await? {
+            Mounted::Yes => Ok(true),
+            Mounted::No(session) => {
+                self.cancel_upload(repo, session.location.as_str()).await;
                 Ok(false)
             }
+        }
+    }
+
+    /// A mount that keeps what the registry offers instead: mounted (201), or the upload
+    /// session it opened (202), to pass to [`RegistryClient::push_blob_in`]. With `from`
+    /// equal to `repo` this asks in one request what a `HEAD` and a `POST` would: whether the
+    /// repository holds the blob, and if not, where to upload it.
+    pub async fn mount_or_start(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        from: &RepoName,
+    ) -> Result<Mounted, ClientError> {
+        let mut url = self.url(&format!("/v2/{repo}/blobs/uploads/")).await?;
+        url.query_pairs_mut().append_pair("mount", &digest.to_string()).append_pair("from", from.as_str());
+        let mut scopes = vec![scope(repo, "pull,push")];
+        if from != repo {
+            scopes.push(scope(from, "pull"));
+        }
+        let resp = self.send(&Req::new(Method::POST, url.clone(), scopes)).await?;
+        match resp.status() {
+            StatusCode::CREATED => Ok(Mounted::Yes),
+            StatusCode::ACCEPTED => Ok(Mounted::No(self.session_of(&url, &resp)?)),
             _ => {
                 let host = self.inner.host.clone();
                 Err(self.error_for(resp, || format!("repository {repo} on {host}")).await)

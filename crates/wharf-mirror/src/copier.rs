@@ -215,12 +215,15 @@ impl Copier {
             rewritten: false,
             tag_updated: false,
         };
-        let pushed = if parsed.is_index() {
-            job.copy_index(top, &parsed, platforms, dst, &mut image).await?
+        let (pushed, tagged) = if parsed.is_index() {
+            job.copy_index(top, &parsed, platforms, dst, dest_name.as_ref(), &mut image).await?
         } else {
-            job.copy_single(top).await?
+            (job.copy_single(top).await?, None)
         };
-        image.tag_updated = job.publish(&pushed, dest_name.as_ref()).await?;
+        image.tag_updated = match tagged {
+            Some(moved) => moved,
+            None => job.publish(&pushed, dest_name.as_ref()).await?,
+        };
         image.destination_digest = pushed.digest.clone();
         Ok(job.into_report(image))
     }

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::sync::OnceCell;
-use wharf_client::{BlobOpener, ByteStream, ClientError, RawManifest, RegistryClient};
+use wharf_client::{
+    BlobOpener, ByteStream, ClientError, Mounted, RawManifest, RegistryClient, UploadSession,
+};
 use wharf_oci::{Descriptor, Digest, Reference, RepoName, media_types};
 
 use crate::layout::OciLayout;
@@ -228,19 +230,21 @@ impl Endpoint {
     /// Store a blob read through `open` (reopened at an offset to resume an upload). Published
     /// only once verified: the registry checks the digest on the final `PUT`, a layout before
     /// the rename.
+    /// `session`: an upload a refused mount opened, used instead of opening another.
     pub async fn put_blob(
         &self,
         digest: &Digest,
         size: u64,
         mut open: BlobOpener,
+        session: Option<UploadSession>,
     ) -> Result<(), MirrorError> {
         let what = format!("copying blob {digest} to {}", self.describe());
         match self {
-            Endpoint::Registry(r) => r
-                .client
-                .push_blob_resumable(&r.repo, digest, size, open)
-                .await
-                .map_err(MirrorError::client(what)),
+            Endpoint::Registry(r) => match session {
+                Some(s) => r.client.push_blob_in(s, &r.repo, digest, size, open).await,
+                None => r.client.push_blob_resumable(&r.repo, digest, size, open).await,
+            }
+            .map_err(MirrorError::client(what)),
             Endpoint::Layout(l) => {
                 // Opened at offset 0, the stream is verified against the digest as it flows
                 // (registry `get_blob`, layout `open_blob`), so the layout need not hash it again.
@@ -257,6 +261,21 @@ impl Endpoint {
                 MirrorError::client(format!("mounting blob {digest} from {from} on {}", self.describe())),
             ),
             Endpoint::Layout(_) => Ok(false),
+        }
+    }
+
+    /// A mount that keeps the upload session a registry opens when it cannot mount; `None`
+    /// for a layout (nothing to mount from).
+    pub async fn mount_or_start(
+        &self,
+        digest: &Digest,
+        from: &RepoName,
+    ) -> Result<Option<Mounted>, MirrorError> {
+        match self {
+            Endpoint::Registry(r) => r.client.mount_or_start(&r.repo, digest, from).await.map(Some).map_err(
+                MirrorError::client(format!("mounting blob {digest} from {from} on {}", self.describe())),
+            ),
+            Endpoint::Layout(_) => Ok(None),
         }
     }
 

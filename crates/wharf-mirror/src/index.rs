@@ -8,21 +8,24 @@ use serde_json::Value;
 use wharf_client::{ClientError, RawManifest};
 use wharf_oci::{Descriptor, Digest, Manifest, Platform};
 
+use crate::endpoint::Endpoint;
 use crate::job::{Job, parse_manifest};
 use crate::select::{label, real_platform, select};
 use crate::transfer::{Tree, manifest_footprint};
-use crate::{ImageRef, ImageReport, MirrorError};
+use crate::{ImageName, ImageRef, ImageReport, MirrorError};
 
 impl Job<'_> {
-    /// Returns the manifest now at the destination (the original index, or a rewritten one).
+    /// Returns the manifest now at the destination (the original index, or a rewritten one),
+    /// and, when the index went out under `name` already, whether that moved the name.
     pub(crate) async fn copy_index(
         &self,
         index: RawManifest,
         parsed: &Manifest,
         wanted: &[Platform],
         dst_ref: &ImageRef,
+        name: Option<&ImageName>,
         image: &mut ImageReport,
-    ) -> Result<RawManifest, MirrorError> {
+    ) -> Result<(RawManifest, Option<bool>), MirrorError> {
         let children = parsed.children();
         let selection = select(children, wanted);
         let present = self.at_source(&selection.selected).await?;
@@ -73,9 +76,7 @@ impl Job<'_> {
         self.count_filtered(&selection.filtered).await?;
 
         let mut tree = Tree::default();
-        for m in fetched {
-            self.gather(m, &mut tree).await?;
-        }
+        self.gather_missing(fetched, &mut tree).await?;
         self.transfer(tree).await?;
 
         if !self.opts().no_referrers {
@@ -88,10 +89,27 @@ impl Job<'_> {
         // Children the (possibly rewritten) index keeps: copied, or already at the destination.
         let mut keep: HashSet<Digest> = to_copy.iter().map(|d| d.digest.clone()).collect();
         keep.extend(left_out.iter().zip(&at_dest).filter(|(_, here)| **here).map(|(d, _)| d.digest.clone()));
+        // The index's own referrers are found now: without any, a tagged index goes out
+        // with its tag in one request (step 4 of DESIGN.md's mirror in one go).
+        let index_referrers = match self.opts().no_referrers || rewrite {
+            true => Vec::new(),
+            false => self.find_referrers(&index.digest).await?,
+        };
+        let tag = name.map(ImageName::to_tag).transpose()?.flatten();
+        if let Some(tag) = tag
+            && index_referrers.is_empty()
+            && missing.is_empty()
+            && !rewrite
+            && !self.dry_run()
+            && matches!(self.dst, Endpoint::Registry(_))
+        {
+            let moved = self.put_tagged(&index, &tag).await?;
+            return Ok((index, Some(moved)));
+        }
         let pushed = if rewrite {
             self.push_rewritten(&index, &keep, dst_ref, image).await?
         } else {
-            match self.copy_manifest(&index).await {
+            match self.copy_manifest(&index, false).await {
                 Ok(()) => index.clone(),
                 Err(MirrorError::Client { source, .. }) if !missing.is_empty() && refuses_sparse(&source) => {
                     if !self.opts().rewrite_index {
@@ -106,10 +124,10 @@ impl Job<'_> {
                 Err(e) => return Err(e),
             }
         };
-        if !self.opts().no_referrers && pushed.digest == index.digest {
-            self.copy_referrers(&index.digest).await?;
+        if pushed.digest == index.digest {
+            self.attach_referrers(&index.digest, index_referrers).await?;
         }
-        Ok(pushed)
+        Ok((pushed, None))
     }
 
     /// Each of `children` the source holds, fetched; `None` for those it does not.
@@ -187,7 +205,7 @@ impl Job<'_> {
         image: &mut ImageReport,
     ) -> Result<RawManifest, MirrorError> {
         let new = rewrite_index(index, keep)?;
-        self.copy_manifest(&new).await?;
+        self.copy_manifest(&new, false).await?;
         image.rewritten = true;
         self.warn(format!(
             "the index was rewritten for {dst_ref}: {} became {}, listing only {}. Signatures and \

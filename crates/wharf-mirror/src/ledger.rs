@@ -2,7 +2,7 @@
 //! many copies (`wharf sync`) moves each blob at most once per destination and mounts it
 //! across repositories of the same registry.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use wharf_oci::{Digest, RepoName};
@@ -19,6 +19,8 @@ struct Entry {
 #[derive(Default)]
 pub struct BlobLedger {
     entries: Mutex<HashMap<(String, Digest), Entry>>,
+    /// Stores where a cross-repository mount has worked in this run.
+    mounting: Mutex<HashSet<String>>,
 }
 
 impl BlobLedger {
@@ -49,6 +51,17 @@ impl BlobLedger {
         if !entry.holders.iter().any(|h| h.as_ref() == repo) {
             entry.holders.push(repo.cloned());
         }
+    }
+
+    /// Has a mount worked at `store` in this run? Then a mount from the repository itself
+    /// tells whether the repository holds a blob (a registry that mounts links what the
+    /// `from` repository holds, here the blob's own), and opens the upload when it does not.
+    pub(crate) fn mounts_work(&self, store: &str) -> bool {
+        self.mounting.lock().expect("not poisoned").contains(store)
+    }
+
+    pub(crate) fn note_mount_works(&self, store: &str) {
+        self.mounting.lock().expect("not poisoned").insert(store.to_owned());
     }
 
     /// Number of (store, blob) pairs recorded.

@@ -37,7 +37,7 @@ pub(crate) fn referrer_descriptor(
 }
 
 /// A referrer found at the source.
-struct Found {
+pub(crate) struct Found {
     manifest: RawManifest,
     /// cosign's tag, when found by it.
     tag: Option<Tag>,
@@ -47,35 +47,52 @@ impl Job<'_> {
     /// Copy the referrers of `subject`; returns how many.
     pub(crate) async fn copy_referrers(&self, subject: &Digest) -> Result<usize, MirrorError> {
         let found = self.find_referrers(subject).await?;
+        self.attach_referrers(subject, found).await
+    }
+
+    /// Copy referrers found at the source (by [`Job::find_referrers`]); returns how many. One
+    /// the destination holds already needs none of its blobs checked.
+    pub(crate) async fn attach_referrers(
+        &self,
+        subject: &Digest,
+        found: Vec<Found>,
+    ) -> Result<usize, MirrorError> {
         let mut attached = Vec::new();
         for f in &found {
-            // Blobs and nested manifests first; the referrer itself is placed below.
-            let mut tree = Tree::default();
-            self.gather(f.manifest.clone(), &mut tree).await?;
-            tree.manifests.pop();
-            self.transfer(tree).await?;
             let size = f.manifest.bytes.len() as u64;
-            match &f.tag {
+            let there = match &f.tag {
                 Some(tag) => {
-                    let name = ImageName::Tag(tag.clone());
-                    if self.dst.name_digest(&name).await? == Some(f.manifest.digest.clone())
+                    self.dst.name_digest(&ImageName::Tag(tag.clone())).await?
+                        == Some(f.manifest.digest.clone())
                         || self.is_planned(&f.manifest.digest)
-                    {
-                        self.add_existing(size);
+                }
+                None => self.dest_has_manifest(&f.manifest.digest).await?,
+            };
+            if there {
+                let blobs = parse_manifest(&f.manifest, &self.src)?.blobs().iter().map(|b| b.size).sum();
+                self.add_existing(blobs);
+            } else {
+                // Blobs and nested manifests first; the referrer itself is placed below.
+                let mut tree = Tree::default();
+                self.gather(f.manifest.clone(), &mut tree).await?;
+                tree.manifests.pop();
+                self.transfer(tree).await?;
+            }
+            match &f.tag {
+                Some(_) if there => self.add_existing(size),
+                Some(tag) => {
+                    if self.dry_run() {
+                        self.plan_manifest(&f.manifest.digest);
                     } else {
-                        if self.dry_run() {
-                            self.plan_manifest(&f.manifest.digest);
-                        } else {
-                            self.dst.put_manifest(&f.manifest, Some(&name)).await?;
-                        }
-                        self.add_copied(size);
+                        self.dst.put_manifest(&f.manifest, Some(&ImageName::Tag(tag.clone()))).await?;
                     }
+                    self.add_copied(size);
                 }
                 None => {
                     let parsed = parse_manifest(&f.manifest, &self.src)?;
                     let m = &f.manifest;
                     let desc = referrer_descriptor(&m.digest, &m.media_type, m.bytes.len(), &parsed);
-                    if self.dest_has_manifest(&m.digest).await? {
+                    if there {
                         self.add_existing(size);
                     } else {
                         if self.dry_run() {
@@ -96,7 +113,7 @@ impl Job<'_> {
         Ok(found.len())
     }
 
-    async fn find_referrers(&self, subject: &Digest) -> Result<Vec<Found>, MirrorError> {
+    pub(crate) async fn find_referrers(&self, subject: &Digest) -> Result<Vec<Found>, MirrorError> {
         let mut out: Vec<Found> = Vec::new();
         let listed = match self.src.referrers(subject).await? {
             Some(list) => list,

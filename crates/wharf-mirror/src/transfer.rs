@@ -1,11 +1,16 @@
 //! Moving manifests and their blobs: blobs in parallel (skip what the destination has, mount
 //! what it has elsewhere, else stream verified), then manifests, children before parents.
+//!
+//! Every request counts when hundreds of images are mirrored, so what the destination holds
+//! is asked as seldom as possible: an image manifest it has needs none of its blobs checked
+//! (a registry accepts a manifest only once it holds the blobs; a layout writes them first),
+//! and once a mount has worked at a registry, "has it?" and "start an upload" are one request.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use futures_util::{StreamExt, TryStreamExt};
-use wharf_client::{BlobOpener, ByteStream, ClientError, RawManifest};
+use wharf_client::{BlobOpener, ByteStream, ClientError, Mounted, RawManifest};
 use wharf_oci::{Descriptor, Reference, media_types};
 
 use crate::endpoint::Endpoint;
@@ -19,6 +24,8 @@ pub(crate) struct Tree {
     /// In push order: the children of an index before the index.
     pub manifests: Vec<RawManifest>,
     pub blobs: Vec<Descriptor>,
+    /// Manifests already found absent at the destination: pushed without asking again.
+    pub absent: HashSet<wharf_oci::Digest>,
 }
 
 impl Job<'_> {
@@ -65,6 +72,47 @@ impl Job<'_> {
         Ok(())
     }
 
+    /// Add to `tree` what the destination lacks of `manifests`: an image manifest it holds is
+    /// counted as there with its blobs, which are recorded for later mounts; the others are
+    /// gathered whole (a nested index always: a sparse one does not hold all it lists).
+    pub(crate) async fn gather_missing(
+        &self,
+        manifests: Vec<RawManifest>,
+        tree: &mut Tree,
+    ) -> Result<(), MirrorError> {
+        let held: Vec<bool> = futures_util::stream::iter(manifests.iter().map(|m| async move {
+            if media_types::is_index(&m.media_type) {
+                return Ok(false);
+            }
+            self.dest_has_manifest(&m.digest).await
+        }))
+        .buffered(self.jobs())
+        .try_collect()
+        .await?;
+        let mut there: HashMap<wharf_oci::Digest, u64> = HashMap::new();
+        let store = self.dst.store_key();
+        for (m, held) in manifests.into_iter().zip(held) {
+            if !held {
+                tree.absent.insert(m.digest.clone());
+                self.gather(m, tree).await?;
+                continue;
+            }
+            self.add_existing(m.bytes.len() as u64);
+            for blob in parse_manifest(&m, &self.src)?.blobs() {
+                if !(media_types::is_foreign_layer(&blob.media_type) && blob.urls.is_some()) {
+                    there.insert(blob.digest.clone(), blob.size);
+                }
+            }
+        }
+        tree.blobs.retain(|b| !there.contains_key(&b.digest));
+        for (digest, size) in there {
+            self.ledger().record(&store, &digest, self.dst.repo());
+            self.add_existing(size);
+            self.progress().blob_done(&digest, BlobOutcome::Existing);
+        }
+        Ok(())
+    }
+
     /// Blobs (parallel, bounded by `jobs`), then manifests in order, skipping what is there.
     pub(crate) async fn transfer(&self, tree: Tree) -> Result<(), MirrorError> {
         let mut seen = HashSet::new();
@@ -77,16 +125,17 @@ impl Job<'_> {
         let mut done = HashSet::new();
         for m in tree.manifests {
             if done.insert(m.digest.clone()) {
-                self.copy_manifest(&m).await?;
+                self.copy_manifest(&m, tree.absent.contains(&m.digest)).await?;
             }
         }
         Ok(())
     }
 
-    /// Push a manifest by digest unless the destination has it.
-    pub(crate) async fn copy_manifest(&self, m: &RawManifest) -> Result<(), MirrorError> {
+    /// Push a manifest by digest unless the destination has it (`known_absent`: it was just
+    /// asked and had not).
+    pub(crate) async fn copy_manifest(&self, m: &RawManifest, known_absent: bool) -> Result<(), MirrorError> {
         let size = m.bytes.len() as u64;
-        if self.dest_has_manifest(&m.digest).await? {
+        if !known_absent && self.dest_has_manifest(&m.digest).await? {
             self.add_existing(size);
             return Ok(());
         }
@@ -112,7 +161,11 @@ impl Job<'_> {
             progress.blob_done(digest, BlobOutcome::Existing);
             return Ok(());
         }
-        if self.dst.blob_size(digest).await?.is_some() {
+        // Once a mount has worked at this registry, a mount from the repository itself asks
+        // whether it holds the blob and opens the upload if not, in one request (below);
+        // until then, ask first.
+        let probe = !self.dry_run() && self.ledger().mounts_work(&store);
+        if !probe && self.dst.blob_size(digest).await?.is_some() {
             self.ledger().record(&store, digest, repo.as_ref());
             self.add_existing(blob.size);
             progress.blob_done(digest, BlobOutcome::Existing);
@@ -122,7 +175,7 @@ impl Job<'_> {
         // source and destination are the same registry (a promotion), then those that got
         // the blob earlier in this run.
         let same_registry = (self.src.store_key() == store).then(|| self.src.repo().cloned()).flatten();
-        let mount_from: Vec<&wharf_oci::RepoName> = same_registry
+        let mut mount_from: Vec<&wharf_oci::RepoName> = same_registry
             .iter()
             .chain(holders.iter().flatten())
             .filter(|r| Some(*r) != repo.as_ref())
@@ -138,22 +191,39 @@ impl Job<'_> {
             }
             return Ok(());
         }
-        for from in mount_from {
-            match self.dst.mount(digest, from).await {
-                Ok(true) => {
+        if probe && mount_from.is_empty() {
+            mount_from.extend(repo.as_ref());
+        }
+        let mut session = None;
+        let last = mount_from.len().saturating_sub(1);
+        for (i, from) in mount_from.into_iter().enumerate() {
+            // The last try keeps the upload session a refused mount opens.
+            let tried = if i == last {
+                self.dst.mount_or_start(digest, from).await
+            } else {
+                self.dst.mount(digest, from).await.map(|m| if m { Some(Mounted::Yes) } else { None })
+            };
+            match tried {
+                Ok(Some(Mounted::Yes)) => {
                     self.ledger().record(&store, digest, repo.as_ref());
                     self.add_existing(blob.size);
-                    progress.blob_done(digest, BlobOutcome::Mounted);
+                    if Some(from) == repo.as_ref() {
+                        progress.blob_done(digest, BlobOutcome::Existing);
+                    } else {
+                        self.ledger().note_mount_works(&store);
+                        progress.blob_done(digest, BlobOutcome::Mounted);
+                    }
                     return Ok(());
                 }
-                Ok(false) => {}
+                Ok(Some(Mounted::No(s))) => session = Some(s),
+                Ok(None) => {}
                 // A refused mount is no reason to fail: the blob is copied instead.
                 Err(e) => tracing::debug!(%digest, error = %e, "mount failed; copying"),
             }
         }
         progress.blob_started(digest, blob.size);
         let opener = source_opener(self.src.clone(), blob.clone(), progress.clone());
-        if let Err(e) = self.dst.put_blob(digest, blob.size, opener).await {
+        if let Err(e) = self.dst.put_blob(digest, blob.size, opener, session).await {
             progress.blob_done(digest, BlobOutcome::Failed);
             return Err(e);
         }

@@ -7,5 +7,6 @@ mod harness;
 mod hostile;
 mod interrupt;
 mod layouts;
+mod requests;
 mod to_distribution;
 mod to_wharf;
