@@ -9,6 +9,7 @@
 
 INDEX_TYPE="application/vnd.oci.image.index.v1+json"
 declare -A PIDS=()   # name -> pid of the servers this script started (stopped on exit)
+declare -A METRICS=()   # name -> Prometheus URL of a registry this script started
 
 # --- setup ------------------------------------------------------------------------------------
 
@@ -113,20 +114,27 @@ json_field() { # file field
     tr -d '\n' < "$1" | grep -o "\"$2\"[[:space:]]*:[[:space:]]*[0-9]*" | head -n 1 | grep -o '[0-9]*$'
 }
 
-# Runs a command under /usr/bin/time (peak RSS) with its output in a file; sets SECS and RSS_MIB
-# (n/a without /usr/bin/time). A failing command ends the script with its output's tail.
+# Runs a command under /usr/bin/time (peak RSS, CPU time) with its output in a file; sets SECS,
+# RSS_MIB and CPU_S (user + system seconds; both n/a without /usr/bin/time). A failing command
+# ends the script with its output's tail.
 timed() { # logfile cmd...
     local logf="$1" t0; shift
     t0="$(now)"
     if [ -x /usr/bin/time ]; then
-        /usr/bin/time -f '%M' -o "$logf.rss" "$@" > "$logf" 2> "$logf.err" || {
+        /usr/bin/time -f '%M %U %S' -o "$logf.rss" "$@" > "$logf" 2> "$logf.err" || {
             log "failed: $*"; tail -n 30 "$logf" "$logf.err" >&2; exit 1; }
         RSS_MIB="$(awk '{ v = $1 } END { printf "%.0f", v / 1024 }' "$logf.rss")"
+        CPU_S="$(awk '{ v = $2 + $3 } END { printf "%.2f", v }' "$logf.rss")"
     else
         "$@" > "$logf" 2> "$logf.err" || { log "failed: $*"; tail -n 30 "$logf" "$logf.err" >&2; exit 1; }
-        RSS_MIB="n/a"
+        RSS_MIB="n/a"; CPU_S="n/a"
     fi
     SECS="$(since "$t0")"
+}
+
+# CPU seconds (user + system) server NAME has used so far.
+server_cpu() { # name
+    awk -v hz="$(getconf CLK_TCK)" '{ sub(/.*\) /, ""); printf "%.2f", ($12 + $13) / hz }' "/proc/${PIDS[$1]}/stat"
 }
 
 # --- registries -------------------------------------------------------------------------------
@@ -147,7 +155,9 @@ free_port() {
 # Starts registry NAME on a free port of 127.0.0.1 with its storage, config and log in a fresh
 # $TMP/NAME, records its pid in PIDS[NAME] and sets ADDR; does not wait for it to answer.
 #   distribution: CNCF distribution 2.8 (Debian's docker-registry): filesystem storage, deletes
-#                 on, no background upload purging, only errors logged;
+#                 on, no background upload purging, only errors logged; with
+#                 BENCH_COUNT_REQUESTS=1 also Prometheus metrics on a second port (they cost
+#                 distribution some CPU per request, so timing runs leave them off);
 #   wharf:        `wharf serve` with its defaults, plus any further ARGS.
 launch_registry() { # name kind [wharf-serve-args...]
     local name="$1" kind="$2" dir="$TMP/$1" port; shift 2
@@ -156,6 +166,12 @@ launch_registry() { # name kind [wharf-serve-args...]
     ADDR="127.0.0.1:$port"
     case "$kind" in
         distribution)
+            local debug=""
+            if [ "${BENCH_COUNT_REQUESTS:-0}" = 1 ]; then
+                local debug_port; debug_port="$(free_port)"
+                METRICS[$name]="http://127.0.0.1:$debug_port/metrics"
+                debug="$(printf '  debug:\n    addr: 127.0.0.1:%s\n    prometheus:\n      enabled: true\n      path: /metrics' "$debug_port")"
+            fi
             cat > "$dir/config.yml" <<EOF
 version: 0.1
 log:
@@ -173,13 +189,16 @@ storage:
 http:
   addr: $ADDR
   secret: wharf-bench
+$debug
 EOF
             # distribution maps REGISTRY_* variables onto its config: keep them out.
             # shellcheck disable=SC2046 # one word per -u option, by design
             env $(env | awk -F= '/^REGISTRY_/ { printf "-u %s ", $1 }') \
                 docker-registry serve "$dir/config.yml" > "$dir/log" 2>&1 &
             ;;
-        wharf) "$WHARF_BIN" serve --addr "$ADDR" --data-dir "$dir/data" "$@" > "$dir/log" 2>&1 & ;;
+        wharf)
+            METRICS[$name]="http://$ADDR/metrics"
+            "$WHARF_BIN" serve --addr "$ADDR" --data-dir "$dir/data" "$@" > "$dir/log" 2>&1 & ;;
         *) log "unknown registry kind $kind"; exit 1 ;;
     esac
     PIDS[$name]=$!
@@ -240,6 +259,15 @@ stop_server() { # name
         wait "$pid" 2>/dev/null || true
         unset "PIDS[$1]"
     fi
+}
+
+# HTTP requests registry NAME has answered so far (its own Prometheus counters; the scrapes of
+# this function are not among them: distribution serves them on its debug port, and Wharf counts
+# /metrics as "other", left out here); n/a for distribution without BENCH_COUNT_REQUESTS=1.
+requests_served() { # name
+    [ -n "${METRICS[$1]:-}" ] || { echo n/a; return; }
+    curl -sS --max-time 10 "${METRICS[$1]}" \
+        | awk '/^(registry|wharf)_http_requests_total/ && !/endpoint="other"/ { s += $NF } END { print s + 0 }'
 }
 
 # Stops registry NAME and frees its storage (the next measurement gets a fresh one).

@@ -24,6 +24,8 @@
 #                                                  without a `sync` command only skopeo runs)
 # env:   BENCH_REPOS (default 50), BENCH_BASE_MIB (default 20), BENCH_LAYER_KIB (default 1024),
 #        BENCH_RUNS (default 3), BENCH_SYNC_JOBS (wharf's defaults.jobs; default: wharf's own),
+#        BENCH_COUNT_REQUESTS=1 (count the requests each registry answers, through distribution's
+#        Prometheus counters, which cost it CPU: a separate run from the timed one),
 #        TMPDIR
 # The image generator is crates/wharf-testkit/examples/make-images.rs (built with
 # `cargo build --release -p wharf-testkit --example make-images` if missing).
@@ -125,20 +127,30 @@ write_configs() { # dest-addr
     } > "$TMP/sync.yaml"
 }
 
-declare -A T=() R=() OUT=() IN=() DU=() SENT=()   # "case run" -> seconds, peak RSS MiB, bytes
+declare -A T=() R=() OUT=() IN=() DU=() SENT=() SRC_REQ=() DST_REQ=() \
+    CPU=() SRC_CPU=() DST_CPU=()   # "case run" -> seconds, peak RSS MiB, bytes, requests, CPU s
+
+delta() { [ "$1" = n/a ] && echo n/a || echo $(( $2 - $1 )); } # before after
 
 # One sync into the running destination, as case CASE of run RUN: time, peak RSS, bytes the
 # source served and the destination received, what the destination stores; sent by wharf's JSON.
 measure_sync() { # case run cmd...
-    local c="$1" run="$2" src0 dst0; shift 2
+    local c="$1" run="$2" src0 dst0 sreq0 dreq0 scpu0 dcpu0; shift 2
     src0="$(io_bytes source wchar)"; dst0="$(io_bytes dest rchar)"
+    sreq0="$(requests_served source)"; dreq0="$(requests_served dest)"
+    scpu0="$(server_cpu source)"; dcpu0="$(server_cpu dest)"
     timed "$TMP/$c.$run.out" "$@"
+    CPU["$c $run"]="$CPU_S"
+    SRC_CPU["$c $run"]="$(awk -v a="$scpu0" -v b="$(server_cpu source)" 'BEGIN { printf "%.2f", b - a }')"
+    DST_CPU["$c $run"]="$(awk -v a="$dcpu0" -v b="$(server_cpu dest)" 'BEGIN { printf "%.2f", b - a }')"
+    SRC_REQ["$c $run"]="$(delta "$sreq0" "$(requests_served source)")"
+    DST_REQ["$c $run"]="$(delta "$dreq0" "$(requests_served dest)")"
     T["$c $run"]="$SECS"; R["$c $run"]="$RSS_MIB"
     OUT["$c $run"]=$(( $(io_bytes source wchar) - src0 ))
     IN["$c $run"]=$(( $(io_bytes dest rchar) - dst0 ))
     DU["$c $run"]="$(stored_bytes dest)"
     case "$c" in wharf*) SENT["$c $run"]="$(json_field "$TMP/$c.$run.out" bytes_copied)" ;; esac
-    log "[$c] run $run: $SECS s, source served ${OUT["$c $run"]} B, destination received ${IN["$c $run"]} B${SENT["$c $run"]:+, bytes_copied ${SENT["$c $run"]}}"
+    log "[$c] run $run: $SECS s, source served ${OUT["$c $run"]} B, destination received ${IN["$c $run"]} B${SENT["$c $run"]:+, bytes_copied ${SENT["$c $run"]}}, requests: source ${SRC_REQ["$c $run"]}, destination ${DST_REQ["$c $run"]}; CPU s: tool ${CPU["$c $run"]}, source ${SRC_CPU["$c $run"]}, destination ${DST_CPU["$c $run"]}"
 }
 
 run_sync() { # tool run
@@ -178,12 +190,14 @@ printf 'counted alone); distribution 2.8 source and destinations, loopback, %s c
     "$(nproc)" "$( [ -n "$RUN_WHARF" ] && "$WHARF_BIN" --version || echo 'wharf: no sync')" "$(skopeo --version)"
 printf 'median of %s runs; load average at start: %s; every index digest checked at the destination\n\n' \
     "$RUNS" "$LOAD_AT_START"
-printf '%-36s %8s %8s %8s %8s %8s %6s   %s\n' "sync" "median s" "sent" "src out" "dest in" "stored" "RSS" "all runs (s)"
+printf '%-36s %8s %8s %8s %8s %8s %7s %7s %6s %6s %6s %6s   %s\n' "sync" "median s" "sent" "src out" "dest in" \
+    "stored" "src req" "dst req" "cpu" "src cpu" "dst cpu" "RSS" "all runs (s)"
 line() { # label case
-    printf '%-36s %8s %8s %8s %8s %8s %6s   %s\n' "$1" "$(median_runs T "$2")" \
+    printf '%-36s %8s %8s %8s %8s %8s %7s %7s %6s %6s %6s %6s   %s\n' "$1" "$(median_runs T "$2")" \
         "$(mb "$(median_runs SENT "$2")")" "$(mb "$(median_runs OUT "$2")")" \
-        "$(mb "$(median_runs IN "$2")")" "$(mb "$(median_runs DU "$2")")" "$(median_runs R "$2")" \
-        "$(all_runs "$2")"
+        "$(mb "$(median_runs IN "$2")")" "$(mb "$(median_runs DU "$2")")" "$(median_runs SRC_REQ "$2")" \
+        "$(median_runs DST_REQ "$2")" "$(median_runs CPU "$2")" "$(median_runs SRC_CPU "$2")" \
+        "$(median_runs DST_CPU "$2")" "$(median_runs R "$2")" "$(all_runs "$2")"
 }
 if [ -n "$RUN_WHARF" ]; then
     line "wharf sync (first run)" wharf
@@ -200,4 +214,6 @@ else
 fi
 printf 'MB (1e6 bytes): sent = wharf --json bytes_copied (skopeo reports none); src out / dest in = the\n'
 printf 'source registry'"'"'s written / the destination'"'"'s read bytes (/proc/PID/io wchar / rchar: HTTP\n'
-printf 'bodies and headers); stored = du -sb of the destination'"'"'s storage (directories included)\n'
+printf 'bodies and headers); stored = du -sb of the destination'"'"'s storage (directories included);\n'
+printf 'src req / dst req = HTTP requests each registry answered (its Prometheus counters); cpu / src cpu /\n'
+printf 'dst cpu = CPU seconds (user + system) of the syncing tool, the source and the destination registry\n'
