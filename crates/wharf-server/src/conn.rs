@@ -41,6 +41,12 @@ pub struct Limits {
     pub max_connections: usize,
     /// Request line plus headers, in bytes; larger heads are answered 431 and closed.
     pub max_header_bytes: usize,
+    /// A request body that arrives slower than this many bytes per second, averaged over
+    /// `body_rate_window` of waiting for it, ends like a stalled one: a trickle that never
+    /// quite stops would otherwise hold its connection for as long as it likes. 0: no minimum.
+    pub min_body_rate: u64,
+    /// The time spent waiting for a body over which `min_body_rate` is judged.
+    pub body_rate_window: Duration,
 }
 
 impl Default for Limits {
@@ -53,6 +59,10 @@ impl Default for Limits {
             // also need.
             max_connections: 512,
             max_header_bytes: 64 * 1024,
+            // As lenient as Apache's mod_reqtimeout (500 B/s): only a client that holds a
+            // connection on purpose, or one no push could finish over, falls below it.
+            min_body_rate: 1024,
+            body_rate_window: Duration::from_secs(60),
         }
     }
 }
@@ -105,9 +115,10 @@ where
         }
         let router = router.clone();
         let idle = limits.body_idle_timeout;
+        let pace = BodyPace { min_rate: limits.min_body_rate, window: limits.body_rate_window };
         let write_idle = limits.write_idle_timeout;
         let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-            let mut req: Request = req.map(|body| Body::new(IdleBody::new(body, idle)));
+            let mut req: Request = req.map(|body| Body::new(IdleBody::new(body, idle, pace)));
             // The peer, for the login throttle (`auth.rs`), as axum's `ConnectInfo` would give it.
             req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
             let svc = TowerToHyperService::new(router.clone());
@@ -252,18 +263,71 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WriteIdle<T> {
 #[error("the request body sent nothing for {0:?}; the connection was closed")]
 pub struct BodyIdle(Duration);
 
-/// A request body that fails once no data has come for `idle` while the handler waits for it
-/// (time spent in the handler between reads does not count).
+/// The request body error of a body that arrived too slowly.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the request body arrived at {got} bytes in {waited:?}, below the minimum of {min_rate} bytes/s; \
+     the connection was closed"
+)]
+pub struct BodyTooSlow {
+    got: u64,
+    waited: Duration,
+    min_rate: u64,
+}
+
+/// The slowest a body may arrive (`Limits::min_body_rate` over `Limits::body_rate_window`).
+#[derive(Clone, Copy)]
+struct BodyPace {
+    min_rate: u64,
+    window: Duration,
+}
+
+/// A request body that fails once no data has come for `idle`, or once it has come slower than
+/// its `pace` allows, while the handler waits for it (time spent in the handler between reads
+/// does not count against the client).
 struct IdleBody {
     inner: Incoming,
     idle: Duration,
     timer: Pin<Box<tokio::time::Sleep>>,
     armed: bool,
+    pace: BodyPace,
+    /// Since when the handler has been waiting for the next frame.
+    waiting_since: Option<tokio::time::Instant>,
+    /// Time waited and bytes received in the current window.
+    waited: Duration,
+    got: u64,
 }
 
 impl IdleBody {
-    fn new(inner: Incoming, idle: Duration) -> IdleBody {
-        IdleBody { inner, idle, timer: Box::pin(tokio::time::sleep(idle)), armed: false }
+    fn new(inner: Incoming, idle: Duration, pace: BodyPace) -> IdleBody {
+        IdleBody {
+            inner,
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+            armed: false,
+            pace,
+            waiting_since: None,
+            waited: Duration::ZERO,
+            got: 0,
+        }
+    }
+
+    /// Account for a frame that arrived; an error once a full window of waiting brought less
+    /// than the minimum rate.
+    fn arrived(&mut self, bytes: usize) -> Result<(), BodyTooSlow> {
+        if let Some(since) = self.waiting_since.take() {
+            self.waited += since.elapsed();
+        }
+        self.got += bytes as u64;
+        if self.pace.min_rate == 0 || self.waited < self.pace.window {
+            return Ok(());
+        }
+        let (got, waited) = (self.got, self.waited);
+        (self.got, self.waited) = (0, Duration::ZERO);
+        if (got as f64) < self.pace.min_rate as f64 * waited.as_secs_f64() {
+            return Err(BodyTooSlow { got, waited, min_rate: self.pace.min_rate });
+        }
+        Ok(())
     }
 }
 
@@ -279,9 +343,20 @@ impl HttpBody for IdleBody {
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
                 this.armed = false;
+                let len = match &frame {
+                    Some(Ok(f)) => f.data_ref().map_or(0, Bytes::len),
+                    _ => 0,
+                };
+                if let Err(slow) = this.arrived(len) {
+                    tracing::info!(error = %slow, "request body too slow; ending the request");
+                    return Poll::Ready(Some(Err(Box::new(slow))));
+                }
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
             Poll::Pending => {
+                if this.waiting_since.is_none() {
+                    this.waiting_since = Some(tokio::time::Instant::now());
+                }
                 if !this.armed {
                     this.armed = true;
                     let deadline = tokio::time::Instant::now() + this.idle;

@@ -30,7 +30,7 @@ use wharf_oci::{ErrorCode, NameError, Route, RouteError};
 use wharf_registry::Registry;
 use wharf_storage::BodyStream;
 
-pub use conn::{BodyIdle, Limits};
+pub use conn::{BodyIdle, BodyTooSlow, Limits};
 pub use error::ApiError;
 pub use mirrors::{MirrorBoard, MirrorInfo, RunFailure, RunSummary};
 pub use tls::{TlsConfig, TlsError};

@@ -148,6 +148,10 @@ pub struct LimitsFile {
     pub max_connections: Option<usize>,
     /// Request line plus headers, in bytes (65536); larger heads get 431.
     pub max_header_bytes: Option<usize>,
+    /// A request body slower than this many bytes per second is ended (1024; 0: no minimum).
+    pub min_body_rate: Option<u64>,
+    /// The waiting time over which `min_body_rate` is judged ("60s").
+    pub body_rate_window: Option<String>,
 }
 
 impl LimitsFile {
@@ -174,6 +178,12 @@ impl LimitsFile {
         if let Some(n) = self.max_header_bytes {
             anyhow::ensure!(n >= 1024, "limits.max_header_bytes must be at least 1024");
             limits.max_header_bytes = n;
+        }
+        if let Some(n) = self.min_body_rate {
+            limits.min_body_rate = n;
+        }
+        if let Some(v) = &self.body_rate_window {
+            limits.body_rate_window = duration("body_rate_window", v)?;
         }
         Ok(limits)
     }
@@ -328,7 +338,8 @@ mod tests {
     #[test]
     fn limits_from_the_config_file() {
         let file: crate::config::ServerFile = toml::from_str(
-            "[limits]\nheader_read_timeout = \"10s\"\nbody_idle_timeout = \"2m\"\nmax_connections = 64\n",
+            "[limits]\nheader_read_timeout = \"10s\"\nbody_idle_timeout = \"2m\"\nmax_connections = 64\n\
+             min_body_rate = 4096\nbody_rate_window = \"30s\"\n",
         )
         .unwrap();
         let limits = file.limits.unwrap().limits().unwrap();
@@ -336,11 +347,16 @@ mod tests {
         assert_eq!(limits.body_idle_timeout, std::time::Duration::from_secs(120));
         assert_eq!(limits.max_connections, 64);
         assert_eq!(limits.max_header_bytes, wharf_server::Limits::default().max_header_bytes);
+        assert_eq!(
+            (limits.min_body_rate, limits.body_rate_window),
+            (4096, std::time::Duration::from_secs(30))
+        );
         for bad in [
             "max_connections = 0",
             "header_read_timeout = \"0s\"",
             "max_header_bytes = 10",
             "body_idle_timeout = \"soon\"",
+            "body_rate_window = \"0s\"",
         ] {
             let file: crate::config::ServerFile = toml::from_str(&format!("[limits]\n{bad}\n")).unwrap();
             assert!(file.limits.unwrap().limits().is_err(), "{bad}");

@@ -1,6 +1,6 @@
 //! Connection limits and client timeouts (`wharf_server::Limits`): hundreds of idle or
-//! slowloris connections never starve a normal client, a stalled body is ended without
-//! leaving anything behind, oversized heads and manifests are refused before they are read.
+//! slowloris connections never starve a normal client, a stalled or trickling body is ended
+//! without leaving anything behind, oversized heads and manifests are refused before they are read.
 //! Everything is bounded in time; no timing is asserted.
 
 use std::time::Duration;
@@ -24,6 +24,8 @@ struct Limited {
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_CONNECTIONS: usize = 40;
+/// Bytes per second, judged over one second of waiting for a body.
+const MIN_BODY_RATE: u64 = 16 * 1024;
 
 impl Limited {
     async fn start() -> Limited {
@@ -38,6 +40,8 @@ impl Limited {
             write_idle_timeout: TIMEOUT,
             max_connections: MAX_CONNECTIONS,
             max_header_bytes: 8 * 1024,
+            min_body_rate: MIN_BODY_RATE,
+            body_rate_window: Duration::from_secs(1),
         };
         // As `wharf serve` binds: a backlog that holds the connections waiting for a slot
         // (the default of 128 would leave the excess half-open, unknown to the server).
@@ -233,6 +237,67 @@ async fn stalled_upload_body_is_ended_and_nothing_is_kept() {
     assert_eq!(status.headers()["range"], "0-0");
     // And the whole blob can still be sent through the same session.
     let blob = vec![9u8; 100_000];
+    let digest = Digest::sha256_of(&blob);
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let done = s
+        .client
+        .put(s.url(&format!("{location}{sep}digest={digest}")))
+        .body(blob.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), StatusCode::CREATED, "{}", done.text().await.unwrap());
+    let got = s.client.get(s.url(&format!("/v2/app/blobs/{digest}"))).send().await.unwrap();
+    assert_eq!(got.bytes().await.unwrap(), blob);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_trickles_below_the_minimum_rate_is_ended_and_nothing_is_kept() {
+    let s = Limited::start().await;
+    let resp = s.client.post(s.url("/v2/app/blobs/uploads/")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let location = resp.headers()["location"].to_str().unwrap().to_owned();
+    // A chunk that announces 1 MiB and sends it 100 bytes at a time, one every 20 ms (5 KB/s):
+    // never idle for the idle timeout, far below the minimum rate.
+    let mut conn = TcpStream::connect(&s.addr).await.unwrap();
+    let head = format!(
+        "PATCH {location} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n\
+         Content-Range: 0-1048575\r\nContent-Length: 1048576\r\n\r\n"
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let (mut reader, mut writer) = conn.into_split();
+    let trickle = tokio::spawn(async move {
+        // Bounded: 1,500 sends (30 s) at most; stops when the server has closed.
+        for _ in 0..1500 {
+            if writer.write_all(&[7u8; 100]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let mut answer = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), read)
+        .await
+        .expect("the server never closed the connection");
+    trickle.abort();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("BLOB_UPLOAD_INVALID") && answer.contains("below the minimum"), "{answer}");
+    // The session is where it was before the chunk, and a client at loopback speed is well
+    // above the minimum: the whole blob goes through the same session.
+    let status = s.client.get(s.url(&location)).send().await.unwrap();
+    assert_eq!(status.status(), StatusCode::NO_CONTENT);
+    assert_eq!(status.headers()["range"], "0-0");
+    let blob = vec![9u8; 4 << 20];
     let digest = Digest::sha256_of(&blob);
     let sep = if location.contains('?') { '&' } else { '?' };
     let done = s
