@@ -33,6 +33,9 @@ pub enum RegistryError {
     DigestInvalid(String),
     #[error("{0}")]
     SizeInvalid(String),
+    /// A pushed blob crossed `max_blob_bytes`.
+    #[error("the blob is larger than this registry accepts: at most {0} bytes (limits.max_blob_bytes)")]
+    BlobTooLarge(u64),
     #[error("{message}")]
     ManifestUnknown { message: String },
     #[error("{0}")]

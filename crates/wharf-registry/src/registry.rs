@@ -32,6 +32,10 @@ pub struct RegistryConfig {
     pub trust: Vec<TrustRule>,
     /// `[[webhooks]]`: who hears of pushes, deletes and mirror runs (see `events.rs`).
     pub webhooks: Vec<Webhook>,
+    /// Pushed blobs larger than this are refused (`413 SIZE_INVALID`) once the upload
+    /// crosses it, and nothing of them is kept. Fills from upstreams and mounts are not
+    /// pushes and are not limited. `None`: no limit.
+    pub max_blob_bytes: Option<u64>,
 }
 
 #[derive(Clone)]
@@ -311,9 +315,30 @@ impl Registry {
 
     /// `POST ?digest=` with the whole blob as body.
     pub async fn put_blob(&self, repo: &RepoName, digest: &Digest, body: BodyStream) -> Result<u64> {
-        let size = self.inner.blobs.put_stream(digest, body).await?;
+        let (body, cap) = self.capped(body, 0);
+        let size = cap.judge(self.inner.blobs.put_stream(digest, body).await)?;
         self.inner.meta.link_blob(repo, digest, size).await?;
         Ok(size)
+    }
+
+    /// `body` limited to what `max_blob_bytes` leaves after `offset` bytes already received.
+    fn capped(&self, body: BodyStream, offset: u64) -> (BodyStream, Cap) {
+        match self.inner.config.max_blob_bytes {
+            Some(max) => {
+                let (body, tripped) = cap_body(body, max.saturating_sub(offset));
+                (body, Cap(Some((max, tripped))))
+            }
+            None => (body, Cap(None)),
+        }
+    }
+
+    /// Where the next chunk of upload `id` starts (asked of the store only with a limit set).
+    async fn chunk_offset(&self, id: &str, start: Option<u64>) -> Result<u64> {
+        match (start, self.inner.config.max_blob_bytes) {
+            (Some(s), _) => Ok(s),
+            (None, Some(_)) => Ok(self.inner.blobs.upload_size(id).await?),
+            (None, None) => Ok(0),
+        }
     }
 
     async fn check_upload(&self, repo: &RepoName, id: &str) -> Result<()> {
@@ -338,7 +363,8 @@ impl Registry {
         body: BodyStream,
     ) -> Result<u64> {
         self.check_upload(repo, id).await?;
-        Ok(self.inner.blobs.append(id, start, body).await?)
+        let (body, cap) = self.capped(body, self.chunk_offset(id, start).await?);
+        cap.judge(self.inner.blobs.append(id, start, body).await)
     }
 
     /// Close an upload: append the last chunk if any, verify the digest, publish.
@@ -351,7 +377,8 @@ impl Registry {
     ) -> Result<u64> {
         self.check_upload(repo, id).await?;
         if let Some((start, body)) = last_chunk {
-            self.inner.blobs.append(id, start, body).await?;
+            let (body, cap) = self.capped(body, self.chunk_offset(id, start).await?);
+            cap.judge(self.inner.blobs.append(id, start, body).await)?;
         }
         let size = self.inner.blobs.commit(id, digest).await?;
         self.inner.meta.link_blob(repo, digest, size).await?;
@@ -1128,4 +1155,37 @@ fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Whether a capped body crossed `max_blob_bytes`: the store then failed it like any broken
+/// body (and undid it), and the error it gives is replaced by the one that says why.
+struct Cap(Option<(u64, Arc<std::sync::atomic::AtomicBool>)>);
+
+impl Cap {
+    fn judge<T>(self, r: std::result::Result<T, wharf_storage::StorageError>) -> Result<T> {
+        match (r, self.0) {
+            (Err(_), Some((max, tripped))) if tripped.load(std::sync::atomic::Ordering::Relaxed) => {
+                Err(RegistryError::BlobTooLarge(max))
+            }
+            (r, _) => Ok(r?),
+        }
+    }
+}
+
+/// A body that fails once it has brought more than `room` bytes.
+fn cap_body(body: BodyStream, room: u64) -> (BodyStream, Arc<std::sync::atomic::AtomicBool>) {
+    use futures_util::StreamExt;
+    let tripped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = tripped.clone();
+    let mut seen = 0u64;
+    let body = body.map(move |chunk| {
+        let chunk = chunk?;
+        seen += chunk.len() as u64;
+        if seen > room {
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+            return Err(std::io::Error::other("the blob is larger than this registry accepts"));
+        }
+        Ok(chunk)
+    });
+    (Box::pin(body), tripped)
 }

@@ -73,6 +73,7 @@ impl From<RegistryError> for ApiError {
             E::ReadRangeInvalid(_) => (StatusCode::RANGE_NOT_SATISFIABLE, ErrorCode::RangeInvalid),
             E::DigestInvalid(_) => (StatusCode::BAD_REQUEST, ErrorCode::DigestInvalid),
             E::SizeInvalid(_) => (StatusCode::BAD_REQUEST, ErrorCode::SizeInvalid),
+            E::BlobTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::SizeInvalid),
             E::ManifestUnknown { .. } => (StatusCode::NOT_FOUND, ErrorCode::ManifestUnknown),
             E::ManifestInvalid(_) => (StatusCode::BAD_REQUEST, ErrorCode::ManifestInvalid),
             E::ManifestTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::ManifestInvalid),

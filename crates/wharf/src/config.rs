@@ -371,6 +371,7 @@ pub fn registry_config(file: &ServerFile, default_policy: Option<&str>) -> anyho
         upstreams: crate::upstream::upstream_rules(&file.upstreams)?,
         trust: trust_rules(&file.trust)?,
         webhooks: webhooks(file)?,
+        max_blob_bytes: file.limits.as_ref().and_then(|l| l.max_blob_bytes),
     })
 }
 

@@ -152,6 +152,9 @@ pub struct LimitsFile {
     pub min_body_rate: Option<u64>,
     /// The waiting time over which `min_body_rate` is judged ("60s").
     pub body_rate_window: Option<String>,
+    /// Pushed blobs larger than this many bytes are refused with 413 (no limit by default).
+    /// A registry setting (`RegistryConfig::max_blob_bytes`), kept here with the other limits.
+    pub max_blob_bytes: Option<u64>,
 }
 
 impl LimitsFile {
@@ -185,6 +188,7 @@ impl LimitsFile {
         if let Some(v) = &self.body_rate_window {
             limits.body_rate_window = duration("body_rate_window", v)?;
         }
+        anyhow::ensure!(self.max_blob_bytes != Some(0), "limits.max_blob_bytes must be at least 1");
         Ok(limits)
     }
 }
@@ -357,6 +361,7 @@ mod tests {
             "max_header_bytes = 10",
             "body_idle_timeout = \"soon\"",
             "body_rate_window = \"0s\"",
+            "max_blob_bytes = 0",
         ] {
             let file: crate::config::ServerFile = toml::from_str(&format!("[limits]\n{bad}\n")).unwrap();
             assert!(file.limits.unwrap().limits().is_err(), "{bad}");
