@@ -6,7 +6,8 @@
 //! waits in the kernel's listen backlog instead of in our memory; hyper closes a connection
 //! whose request head (or whose next request, when kept alive) does not arrive in time, and
 //! answers 431 to heads beyond the size limit; [`IdleBody`] ends a request body that stops
-//! arriving, and [`WriteIdle`] a connection whose client stopped reading its response.
+//! arriving or trickles below the minimum rate, and [`WriteIdle`] a connection whose client
+//! stopped reading its response. An address over its share of connections gets a 429.
 
 use std::future::Future;
 use std::pin::{Pin, pin};
@@ -47,6 +48,11 @@ pub struct Limits {
     pub min_body_rate: u64,
     /// The time spent waiting for a body over which `min_body_rate` is judged.
     pub body_rate_window: Duration,
+    /// Connections one client address may hold at once; beyond it a connection is answered
+    /// `429 TOOMANYREQUESTS` and closed, so one host cannot take every slot of
+    /// `max_connections`. 0: no per-address limit (the default: behind a proxy every client
+    /// has the proxy's address).
+    pub max_connections_per_address: usize,
 }
 
 impl Default for Limits {
@@ -63,6 +69,7 @@ impl Default for Limits {
             // connection on purpose, or one no push could finish over, falls below it.
             min_body_rate: 1024,
             body_rate_window: Duration::from_secs(60),
+            max_connections_per_address: 0,
         }
     }
 }
@@ -93,6 +100,8 @@ where
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut shutdown = pin!(shutdown);
     let mut warned_full: Option<tokio::time::Instant> = None;
+    let mut warned_address: Option<tokio::time::Instant> = None;
+    let per_address = PerAddress::new(limits.max_connections_per_address);
     loop {
         let permit = tokio::select! {
             permit = permits.clone().acquire_owned() => match permit {
@@ -104,6 +113,18 @@ where
         let (io, peer) = tokio::select! {
             conn = listener.accept() => conn,
             _ = &mut shutdown => break,
+        };
+        let Some(address_slot) = per_address.take(peer.ip()) else {
+            if warned_address.is_none_or(|at| at.elapsed() >= FULL_WARNING_EVERY) {
+                warned_address = Some(tokio::time::Instant::now());
+                tracing::warn!(
+                    address = %peer.ip(),
+                    max_connections_per_address = limits.max_connections_per_address,
+                    "an address holds as many connections as it may: further ones are answered 429"
+                );
+            }
+            tokio::spawn(refuse(io, permit));
+            continue;
         };
         if permits.available_permits() == 0 && warned_full.is_none_or(|at| at.elapsed() >= FULL_WARNING_EVERY)
         {
@@ -127,7 +148,7 @@ where
         let builder = builder.clone();
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
-            let _permit = permit;
+            let _slots = (permit, address_slot);
             let io = TokioIo::new(WriteIdle::new(io, write_idle));
             let mut conn = pin!(builder.serve_connection(io, service));
             let mut stopping = false;
@@ -256,6 +277,75 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WriteIdle<T> {
         let result = Pin::new(&mut this.inner).poll_shutdown(cx);
         this.waited(result, cx)
     }
+}
+
+/// Connections held per client address, for `Limits::max_connections_per_address`.
+#[derive(Clone)]
+struct PerAddress {
+    max: usize,
+    held: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+}
+
+/// One connection of an address; given back when dropped.
+struct AddressSlot {
+    of: Option<(PerAddress, std::net::IpAddr)>,
+}
+
+impl PerAddress {
+    fn new(max: usize) -> PerAddress {
+        PerAddress { max, held: Arc::default() }
+    }
+
+    /// A slot for one more connection from `ip`; `None` when it holds `max` already.
+    fn take(&self, ip: std::net::IpAddr) -> Option<AddressSlot> {
+        if self.max == 0 {
+            return Some(AddressSlot { of: None });
+        }
+        let mut held = self.held.lock().expect("not poisoned");
+        let n = held.entry(ip).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot { of: Some((self.clone(), ip)) })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        if let Some((of, ip)) = self.of.take() {
+            let mut held = of.held.lock().expect("not poisoned");
+            if let Some(n) = held.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    held.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+/// Answer a connection over its address's limit without parsing its request: a 429 in the
+/// spec's error format, then close. Bounded in time, so a client that reads nothing cannot
+/// hold it; what it sent is drained first, else closing with unread data would reset the
+/// connection and could lose the answer.
+async fn refuse<T: AsyncRead + AsyncWrite + Unpin>(mut io: T, permit: tokio::sync::OwnedSemaphorePermit) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _permit = permit;
+    const BODY: &str = r#"{"errors":[{"code":"TOOMANYREQUESTS","message":"this address holds as many connections as the registry allows one client; close one and retry","detail":null}]}"#;
+    let answer = format!(
+        "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         retry-after: 1\r\nconnection: close\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        io.write_all(answer.as_bytes()).await?;
+        io.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        while io.read(&mut sink).await? > 0 {}
+        Ok::<(), std::io::Error>(())
+    })
+    .await;
 }
 
 /// The request body error of a body that stopped arriving.

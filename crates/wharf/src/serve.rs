@@ -152,6 +152,9 @@ pub struct LimitsFile {
     pub min_body_rate: Option<u64>,
     /// The waiting time over which `min_body_rate` is judged ("60s").
     pub body_rate_window: Option<String>,
+    /// Connections one client address may hold at once (no limit by default: behind a proxy
+    /// every client has the proxy's address); beyond it, 429.
+    pub max_connections_per_address: Option<usize>,
     /// Pushed blobs larger than this many bytes are refused with 413 (no limit by default).
     /// A registry setting (`RegistryConfig::max_blob_bytes`), kept here with the other limits.
     pub max_blob_bytes: Option<u64>,
@@ -187,6 +190,10 @@ impl LimitsFile {
         }
         if let Some(v) = &self.body_rate_window {
             limits.body_rate_window = duration("body_rate_window", v)?;
+        }
+        if let Some(n) = self.max_connections_per_address {
+            anyhow::ensure!(n > 0, "limits.max_connections_per_address must be at least 1");
+            limits.max_connections_per_address = n;
         }
         anyhow::ensure!(self.max_blob_bytes != Some(0), "limits.max_blob_bytes must be at least 1");
         Ok(limits)
@@ -343,7 +350,7 @@ mod tests {
     fn limits_from_the_config_file() {
         let file: crate::config::ServerFile = toml::from_str(
             "[limits]\nheader_read_timeout = \"10s\"\nbody_idle_timeout = \"2m\"\nmax_connections = 64\n\
-             min_body_rate = 4096\nbody_rate_window = \"30s\"\n",
+             min_body_rate = 4096\nbody_rate_window = \"30s\"\nmax_connections_per_address = 32\n",
         )
         .unwrap();
         let limits = file.limits.unwrap().limits().unwrap();
@@ -355,6 +362,7 @@ mod tests {
             (limits.min_body_rate, limits.body_rate_window),
             (4096, std::time::Duration::from_secs(30))
         );
+        assert_eq!(limits.max_connections_per_address, 32);
         for bad in [
             "max_connections = 0",
             "header_read_timeout = \"0s\"",
@@ -362,6 +370,7 @@ mod tests {
             "body_idle_timeout = \"soon\"",
             "body_rate_window = \"0s\"",
             "max_blob_bytes = 0",
+            "max_connections_per_address = 0",
         ] {
             let file: crate::config::ServerFile = toml::from_str(&format!("[limits]\n{bad}\n")).unwrap();
             assert!(file.limits.unwrap().limits().is_err(), "{bad}");

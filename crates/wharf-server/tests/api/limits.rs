@@ -33,20 +33,15 @@ impl Limited {
     }
 
     async fn start_with(config: RegistryConfig) -> Limited {
+        Limited::start_with_limits(config, limits()).await
+    }
+
+    async fn start_with_limits(config: RegistryConfig, limits: Limits) -> Limited {
         let dir = tempfile::tempdir().unwrap();
         let blobs = BlobStore::open(dir.path().join("storage")).await.unwrap();
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("meta.db").display());
         let meta = MetadataStore::connect(&url).await.unwrap();
         let registry = Registry::new(blobs, meta, config);
-        let limits = Limits {
-            header_read_timeout: TIMEOUT,
-            body_idle_timeout: TIMEOUT,
-            write_idle_timeout: TIMEOUT,
-            max_connections: MAX_CONNECTIONS,
-            max_header_bytes: 8 * 1024,
-            min_body_rate: MIN_BODY_RATE,
-            body_rate_window: Duration::from_secs(1),
-        };
         // As `wharf serve` binds: a backlog that holds the connections waiting for a slot
         // (the default of 128 would leave the excess half-open, unknown to the server).
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
@@ -67,6 +62,20 @@ impl Limited {
 
     fn url(&self, path: &str) -> String {
         if path.starts_with("http") { path.to_owned() } else { format!("http://{}{path}", self.addr) }
+    }
+}
+
+/// The small limits most tests here run with.
+fn limits() -> Limits {
+    Limits {
+        header_read_timeout: TIMEOUT,
+        body_idle_timeout: TIMEOUT,
+        write_idle_timeout: TIMEOUT,
+        max_connections: MAX_CONNECTIONS,
+        max_header_bytes: 8 * 1024,
+        min_body_rate: MIN_BODY_RATE,
+        body_rate_window: Duration::from_secs(1),
+        max_connections_per_address: 0,
     }
 }
 
@@ -374,6 +383,45 @@ async fn blobs_over_the_size_limit_are_refused_and_nothing_is_kept() {
     assert_eq!(done.status(), StatusCode::CREATED, "a blob of exactly the limit is accepted");
     let got = s.client.get(s.url(&format!("/v2/app/blobs/{digest}"))).send().await.unwrap();
     assert_eq!(got.bytes().await.unwrap(), blob);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_gets_no_more_connections_than_its_share() {
+    // Long timeouts: the held connections must stay open while the test runs.
+    let limits =
+        Limits { header_read_timeout: Duration::from_secs(60), max_connections_per_address: 3, ..limits() };
+    let s = Limited::start_with_limits(RegistryConfig::default(), limits).await;
+    let request = b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n";
+    // Three kept-alive connections, each served once and left open.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut conn = TcpStream::connect(&s.addr).await.unwrap();
+        conn.write_all(request).await.unwrap();
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(30), conn.read(&mut buf)).await.unwrap().unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+        held.push(conn);
+    }
+    // The fourth from the same address is answered 429 in the spec's format and closed.
+    let mut fourth = TcpStream::connect(&s.addr).await.unwrap();
+    fourth.write_all(request).await.unwrap();
+    let answer = until_closed(&mut fourth, Duration::from_secs(30)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    assert!(answer.contains("TOOMANYREQUESTS"), "{answer}");
+    // Once one of the three is closed, a new connection is served again.
+    drop(held.pop());
+    let served = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let resp = s.client.get(s.url("/v2/")).send().await;
+            if resp.as_ref().is_ok_and(|r| r.status() == StatusCode::OK) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(served.is_ok(), "the freed slot was never given to a new connection");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
