@@ -79,6 +79,42 @@ fn limits() -> Limits {
     }
 }
 
+/// A new upload session, and a raw connection that has sent the head of a `PATCH` announcing
+/// a 1 MiB chunk of it (the body is the caller's to send, or not).
+async fn start_a_mib_chunk(s: &Limited) -> (String, TcpStream) {
+    let resp = s.client.post(s.url("/v2/app/blobs/uploads/")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let location = resp.headers()["location"].to_str().unwrap().to_owned();
+    let mut conn = TcpStream::connect(&s.addr).await.unwrap();
+    let head = format!(
+        "PATCH {location} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n\
+         Content-Range: 0-1048575\r\nContent-Length: 1048576\r\n\r\n"
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    (location, conn)
+}
+
+/// After a refused chunk: the upload session at `location` holds nothing, and a whole blob of
+/// `size` bytes sent through it is stored and served back.
+async fn session_is_back_at_0_and_takes_a_blob(s: &Limited, location: &str, size: usize) {
+    let status = s.client.get(s.url(location)).send().await.unwrap();
+    assert_eq!(status.status(), StatusCode::NO_CONTENT);
+    assert_eq!(status.headers()["range"], "0-0");
+    let blob = vec![9u8; size];
+    let digest = Digest::sha256_of(&blob);
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let done = s
+        .client
+        .put(s.url(&format!("{location}{sep}digest={digest}")))
+        .body(blob.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), StatusCode::CREATED, "{}", done.text().await.unwrap());
+    let got = s.client.get(s.url(&format!("/v2/app/blobs/{digest}"))).send().await.unwrap();
+    assert_eq!(got.bytes().await.unwrap(), blob);
+}
+
 /// Reads until the server closes the connection (EOF or reset); returns what it sent.
 /// Panics if it is still open after `bound`.
 async fn until_closed(conn: &mut TcpStream, bound: Duration) -> Vec<u8> {
@@ -229,55 +265,23 @@ async fn kept_alive_connection_without_a_next_request_is_closed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_upload_body_is_ended_and_nothing_is_kept() {
     let s = Limited::start().await;
-    let resp = s.client.post(s.url("/v2/app/blobs/uploads/")).send().await.unwrap();
-    assert_eq!(resp.status(), StatusCode::ACCEPTED);
-    let location = resp.headers()["location"].to_str().unwrap().to_owned();
     // A chunk that announces 1 MiB, sends 64 KiB and stops.
-    let mut conn = TcpStream::connect(&s.addr).await.unwrap();
-    let head = format!(
-        "PATCH {location} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n\
-         Content-Range: 0-1048575\r\nContent-Length: 1048576\r\n\r\n"
-    );
-    conn.write_all(head.as_bytes()).await.unwrap();
+    let (location, mut conn) = start_a_mib_chunk(&s).await;
     conn.write_all(&vec![7u8; 64 * 1024]).await.unwrap();
     let answer = until_closed(&mut conn, Duration::from_secs(60)).await;
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(answer.contains("BLOB_UPLOAD_INVALID") && answer.contains("sent nothing for"), "{answer}");
     // The session is where it was before the chunk: the client can resume from 0.
-    let status = s.client.get(s.url(&location)).send().await.unwrap();
-    assert_eq!(status.status(), StatusCode::NO_CONTENT);
-    assert_eq!(status.headers()["range"], "0-0");
-    // And the whole blob can still be sent through the same session.
-    let blob = vec![9u8; 100_000];
-    let digest = Digest::sha256_of(&blob);
-    let sep = if location.contains('?') { '&' } else { '?' };
-    let done = s
-        .client
-        .put(s.url(&format!("{location}{sep}digest={digest}")))
-        .body(blob.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(done.status(), StatusCode::CREATED, "{}", done.text().await.unwrap());
-    let got = s.client.get(s.url(&format!("/v2/app/blobs/{digest}"))).send().await.unwrap();
-    assert_eq!(got.bytes().await.unwrap(), blob);
+    session_is_back_at_0_and_takes_a_blob(&s, &location, 100_000).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_that_trickles_below_the_minimum_rate_is_ended_and_nothing_is_kept() {
     let s = Limited::start().await;
-    let resp = s.client.post(s.url("/v2/app/blobs/uploads/")).send().await.unwrap();
-    assert_eq!(resp.status(), StatusCode::ACCEPTED);
-    let location = resp.headers()["location"].to_str().unwrap().to_owned();
     // A chunk that announces 1 MiB and sends it 100 bytes at a time, one every 20 ms (5 KB/s):
     // never idle for the idle timeout, far below the minimum rate.
-    let mut conn = TcpStream::connect(&s.addr).await.unwrap();
-    let head = format!(
-        "PATCH {location} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n\
-         Content-Range: 0-1048575\r\nContent-Length: 1048576\r\n\r\n"
-    );
-    conn.write_all(head.as_bytes()).await.unwrap();
+    let (location, conn) = start_a_mib_chunk(&s).await;
     let (mut reader, mut writer) = conn.into_split();
     let trickle = tokio::spawn(async move {
         // Bounded: 1,500 sends (30 s) at most; stops when the server has closed.
@@ -307,22 +311,7 @@ async fn a_body_that_trickles_below_the_minimum_rate_is_ended_and_nothing_is_kep
     assert!(answer.contains("BLOB_UPLOAD_INVALID") && answer.contains("below the minimum"), "{answer}");
     // The session is where it was before the chunk, and a client at loopback speed is well
     // above the minimum: the whole blob goes through the same session.
-    let status = s.client.get(s.url(&location)).send().await.unwrap();
-    assert_eq!(status.status(), StatusCode::NO_CONTENT);
-    assert_eq!(status.headers()["range"], "0-0");
-    let blob = vec![9u8; 4 << 20];
-    let digest = Digest::sha256_of(&blob);
-    let sep = if location.contains('?') { '&' } else { '?' };
-    let done = s
-        .client
-        .put(s.url(&format!("{location}{sep}digest={digest}")))
-        .body(blob.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(done.status(), StatusCode::CREATED, "{}", done.text().await.unwrap());
-    let got = s.client.get(s.url(&format!("/v2/app/blobs/{digest}"))).send().await.unwrap();
-    assert_eq!(got.bytes().await.unwrap(), blob);
+    session_is_back_at_0_and_takes_a_blob(&s, &location, 4 << 20).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
