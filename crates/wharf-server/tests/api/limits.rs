@@ -29,11 +29,7 @@ const MIN_BODY_RATE: u64 = 16 * 1024;
 
 impl Limited {
     async fn start() -> Limited {
-        Limited::start_with(RegistryConfig::default()).await
-    }
-
-    async fn start_with(config: RegistryConfig) -> Limited {
-        Limited::start_with_limits(config, limits()).await
+        Limited::start_with_limits(RegistryConfig::default(), limits()).await
     }
 
     async fn start_with_limits(config: RegistryConfig, limits: Limits) -> Limited {
@@ -312,66 +308,6 @@ async fn a_body_that_trickles_below_the_minimum_rate_is_ended_and_nothing_is_kep
     // The session is where it was before the chunk, and a client at loopback speed is well
     // above the minimum: the whole blob goes through the same session.
     session_is_back_at_0_and_takes_a_blob(&s, &location, 4 << 20).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn blobs_over_the_size_limit_are_refused_and_nothing_is_kept() {
-    const MAX: usize = 1 << 20;
-    let s =
-        Limited::start_with(RegistryConfig { max_blob_bytes: Some(MAX as u64), ..Default::default() }).await;
-    let refused =
-        |text: &str| text.contains("SIZE_INVALID") && text.contains(&format!("at most {MAX} bytes"));
-
-    // One byte over, in one POST: refused, nothing stored.
-    let big = vec![5u8; MAX + 1];
-    let big_digest = Digest::sha256_of(&big);
-    let resp = s
-        .client
-        .post(s.url(&format!("/v2/app/blobs/uploads/?digest={big_digest}")))
-        .body(big.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
-    let text = resp.text().await.unwrap();
-    assert!(refused(&text), "{text}");
-    let head = s.client.head(s.url(&format!("/v2/app/blobs/{big_digest}"))).send().await.unwrap();
-    assert_eq!(head.status(), StatusCode::NOT_FOUND);
-
-    // In chunks: the one that crosses the limit is refused and undone; the session goes on.
-    let resp = s.client.post(s.url("/v2/app/blobs/uploads/")).send().await.unwrap();
-    let location = resp.headers()["location"].to_str().unwrap().to_owned();
-    let first = vec![1u8; MAX - 10];
-    let patch = |from: usize, bytes: Vec<u8>| {
-        let range = format!("{from}-{}", from + bytes.len() - 1);
-        s.client
-            .patch(s.url(&location))
-            .header("content-type", "application/octet-stream")
-            .header("content-range", range)
-            .body(bytes)
-    };
-    assert_eq!(patch(0, first.clone()).send().await.unwrap().status(), StatusCode::ACCEPTED);
-    let resp = patch(MAX - 10, vec![2u8; 11]).send().await.unwrap();
-    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
-    let text = resp.text().await.unwrap();
-    assert!(refused(&text), "{text}");
-    let status = s.client.get(s.url(&location)).send().await.unwrap();
-    assert_eq!(status.headers()["range"], format!("0-{}", MAX - 11).as_str());
-    let mut blob = first;
-    blob.extend_from_slice(&[3u8; 10]);
-    let digest = Digest::sha256_of(&blob);
-    let sep = if location.contains('?') { '&' } else { '?' };
-    let done = s
-        .client
-        .put(s.url(&format!("{location}{sep}digest={digest}")))
-        .header("content-type", "application/octet-stream")
-        .body(vec![3u8; 10])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(done.status(), StatusCode::CREATED, "a blob of exactly the limit is accepted");
-    let got = s.client.get(s.url(&format!("/v2/app/blobs/{digest}"))).send().await.unwrap();
-    assert_eq!(got.bytes().await.unwrap(), blob);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

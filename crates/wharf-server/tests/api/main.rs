@@ -11,6 +11,7 @@ mod harness;
 mod latency;
 mod limits;
 mod protocol;
+mod size_limit;
 mod sparse;
 mod storage;
 mod ui;
