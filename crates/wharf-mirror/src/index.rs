@@ -95,15 +95,22 @@ impl Job<'_> {
             true => Vec::new(),
             false => self.find_referrers(&index.digest).await?,
         };
-        let tag = name.map(ImageName::to_tag).transpose()?.flatten();
-        if let Some(tag) = tag
+        let tagged = name.map(ImageName::to_tag).transpose()?.flatten().is_some();
+        if tagged
             && index_referrers.is_empty()
             && missing.is_empty()
             && !rewrite
             && !self.dry_run()
             && matches!(self.dst, Endpoint::Registry(_))
         {
-            let moved = self.put_tagged(&index, &tag).await?;
+            // Not stored by digest first, so `publish` asks whether the tag points at it yet.
+            let moved = self.publish(&index, name).await?;
+            let size = index.bytes.len() as u64;
+            if moved {
+                self.add_copied(size)
+            } else {
+                self.add_existing(size)
+            }
             return Ok((index, Some(moved)));
         }
         let pushed = if rewrite {

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use wharf_client::RawManifest;
-use wharf_oci::{Digest, Manifest, Tag};
+use wharf_oci::{Digest, Manifest};
 
 use crate::endpoint::{Endpoint, descriptor_of};
 use crate::{BlobLedger, Copier, CopyOptions, CopyReport, ImageName, ImageReport, MirrorError, Progress};
@@ -119,20 +119,6 @@ impl<'a> Job<'a> {
             (None, Endpoint::Layout(l)) => l.set_entry(&descriptor_of(pushed), None).await,
             (None, Endpoint::Registry(_)) => Ok(false),
         }
-    }
-
-    /// Store `m` in a registry under `tag` in one `PUT` (which stores it by digest too),
-    /// unless the tag points at it already; returns whether the tag moved.
-    pub async fn put_tagged(&self, m: &RawManifest, tag: &Tag) -> Result<bool, MirrorError> {
-        let size = m.bytes.len() as u64;
-        let name = ImageName::Tag(tag.clone());
-        if self.dst.name_digest(&name).await? == Some(m.digest.clone()) {
-            self.add_existing(size);
-            return Ok(false);
-        }
-        self.dst.put_manifest(m, Some(&name)).await?;
-        self.add_copied(size);
-        Ok(true)
     }
 
     /// A single image manifest (or an artifact): blobs, manifest, referrers.

@@ -10,7 +10,7 @@ use wharf_client::RawManifest;
 use wharf_oci::{Descriptor, Digest, Manifest, Reference, Tag, media_types};
 
 use crate::job::{Job, parse_manifest};
-use crate::transfer::Tree;
+use crate::transfer::{Tree, manifest_footprint};
 use crate::{ImageName, MirrorError};
 
 /// cosign's tag suffixes: signatures, attestations, SBOMs.
@@ -59,51 +59,38 @@ impl Job<'_> {
     ) -> Result<usize, MirrorError> {
         let mut attached = Vec::new();
         for f in &found {
-            let size = f.manifest.bytes.len() as u64;
-            let there = match &f.tag {
-                Some(tag) => {
-                    self.dst.name_digest(&ImageName::Tag(tag.clone())).await?
-                        == Some(f.manifest.digest.clone())
-                        || self.is_planned(&f.manifest.digest)
+            let m = &f.manifest;
+            let parsed = parse_manifest(m, &self.src)?;
+            let name = f.tag.clone().map(ImageName::Tag);
+            let there = match &name {
+                Some(name) => {
+                    self.dst.name_digest(name).await? == Some(m.digest.clone()) || self.is_planned(&m.digest)
                 }
-                None => self.dest_has_manifest(&f.manifest.digest).await?,
+                None => self.dest_has_manifest(&m.digest).await?,
             };
+            let desc = referrer_descriptor(&m.digest, &m.media_type, m.bytes.len(), &parsed);
             if there {
-                let blobs = parse_manifest(&f.manifest, &self.src)?.blobs().iter().map(|b| b.size).sum();
-                self.add_existing(blobs);
+                // Held with its blobs (a registry checks them at push): none of them is asked about.
+                self.add_existing(manifest_footprint(m, &parsed.blobs()));
             } else {
-                // Blobs and nested manifests first; the referrer itself is placed below.
+                // Blobs and nested manifests first, then the referrer itself.
                 let mut tree = Tree::default();
-                self.gather(f.manifest.clone(), &mut tree).await?;
+                self.gather(m.clone(), &mut tree).await?;
                 tree.manifests.pop();
                 self.transfer(tree).await?;
+                if self.dry_run() {
+                    self.plan_manifest(&m.digest);
+                } else {
+                    match &name {
+                        Some(name) => self.dst.put_manifest(m, Some(name)).await?,
+                        None => self.dst.put_referrer(m, &desc).await?,
+                    }
+                }
+                self.add_copied(m.bytes.len() as u64);
             }
-            match &f.tag {
-                Some(_) if there => self.add_existing(size),
-                Some(tag) => {
-                    if self.dry_run() {
-                        self.plan_manifest(&f.manifest.digest);
-                    } else {
-                        self.dst.put_manifest(&f.manifest, Some(&ImageName::Tag(tag.clone()))).await?;
-                    }
-                    self.add_copied(size);
-                }
-                None => {
-                    let parsed = parse_manifest(&f.manifest, &self.src)?;
-                    let m = &f.manifest;
-                    let desc = referrer_descriptor(&m.digest, &m.media_type, m.bytes.len(), &parsed);
-                    if there {
-                        self.add_existing(size);
-                    } else {
-                        if self.dry_run() {
-                            self.plan_manifest(&m.digest);
-                        } else {
-                            self.dst.put_referrer(m, &desc).await?;
-                        }
-                        self.add_copied(size);
-                    }
-                    attached.push(desc);
-                }
+            // A cosign tag is found by its name; the others are listed for the subject.
+            if name.is_none() {
+                attached.push(desc);
             }
         }
         if !attached.is_empty() && !self.dst.has_referrers_api(subject).await? {

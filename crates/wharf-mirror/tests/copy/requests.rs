@@ -20,6 +20,16 @@ async fn requests(wharf: &Wharf, endpoint: &str) -> u64 {
         .sum()
 }
 
+/// A distribution source holding two unrelated images, `team/a:v1` and `team/b:v1`.
+async fn source_of_two(seed: u64) -> (Distribution, TestImage, TestImage) {
+    let dist = Distribution::start();
+    let a = TestImage::builder().seed(seed).tag("v1").build();
+    let b = TestImage::builder().seed(seed + 1).tag("v1").build();
+    dist.client().push_image("team/a", &a).await.unwrap();
+    dist.client().push_image("team/b", &b).await.unwrap();
+    (dist, a, b)
+}
+
 fn manifests_size(img: &TestImage) -> u64 {
     img.index.size() + img.children.iter().map(|c| c.manifest.size()).sum::<u64>()
 }
@@ -44,11 +54,7 @@ async fn an_unchanged_image_copied_again_costs_no_blob_request() {
 
 #[tokio::test]
 async fn after_a_mount_worked_blobs_are_sent_without_asking_first() {
-    let dist = Distribution::start();
-    let a = TestImage::builder().seed(22).tag("v1").build();
-    let b = TestImage::builder().seed(23).tag("v1").build();
-    dist.client().push_image("team/a", &a).await.unwrap();
-    dist.client().push_image("team/b", &b).await.unwrap();
+    let (dist, a, b) = source_of_two(22).await;
     let wharf = Wharf::sparse().await;
     let copier = Copier::quiet(options(&[]));
     copier.copy(&dist_image(&dist, "team/a:v1"), &wharf.image("one/a:v1")).await.unwrap();
@@ -65,11 +71,7 @@ async fn after_a_mount_worked_blobs_are_sent_without_asking_first() {
 
 #[tokio::test]
 async fn the_one_request_check_finds_blobs_distribution_holds() {
-    let dist = Distribution::start();
-    let a = TestImage::builder().seed(24).tag("v1").build();
-    let b = TestImage::builder().seed(25).tag("v1").build();
-    dist.client().push_image("team/a", &a).await.unwrap();
-    dist.client().push_image("team/b", &b).await.unwrap();
+    let (dist, _, b) = source_of_two(24).await;
     let dest = Distribution::start();
     let copier = Copier::quiet(options(&[]));
     copier.copy(&dist_image(&dist, "team/a:v1"), &dist_image(&dest, "one/a:v1")).await.unwrap();
