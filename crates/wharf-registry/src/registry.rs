@@ -332,13 +332,16 @@ impl Registry {
         }
     }
 
-    /// Where the next chunk of upload `id` starts (asked of the store only with a limit set).
-    async fn chunk_offset(&self, id: &str, start: Option<u64>) -> Result<u64> {
-        match (start, self.inner.config.max_blob_bytes) {
-            (Some(s), _) => Ok(s),
-            (None, Some(_)) => Ok(self.inner.blobs.upload_size(id).await?),
-            (None, None) => Ok(0),
-        }
+    /// Append a chunk to upload `id`, refused once the upload would pass `max_blob_bytes`
+    /// (where the chunk starts is asked of the store only when a limit is set).
+    async fn append_within_limit(&self, id: &str, start: Option<u64>, body: BodyStream) -> Result<u64> {
+        let offset = match (start, self.inner.config.max_blob_bytes) {
+            (Some(s), _) => s,
+            (None, Some(_)) => self.inner.blobs.upload_size(id).await?,
+            (None, None) => 0,
+        };
+        let (body, cap) = self.capped(body, offset);
+        cap.judge(self.inner.blobs.append(id, start, body).await)
     }
 
     async fn check_upload(&self, repo: &RepoName, id: &str) -> Result<()> {
@@ -363,8 +366,7 @@ impl Registry {
         body: BodyStream,
     ) -> Result<u64> {
         self.check_upload(repo, id).await?;
-        let (body, cap) = self.capped(body, self.chunk_offset(id, start).await?);
-        cap.judge(self.inner.blobs.append(id, start, body).await)
+        self.append_within_limit(id, start, body).await
     }
 
     /// Close an upload: append the last chunk if any, verify the digest, publish.
@@ -377,8 +379,7 @@ impl Registry {
     ) -> Result<u64> {
         self.check_upload(repo, id).await?;
         if let Some((start, body)) = last_chunk {
-            let (body, cap) = self.capped(body, self.chunk_offset(id, start).await?);
-            cap.judge(self.inner.blobs.append(id, start, body).await)?;
+            self.append_within_limit(id, start, body).await?;
         }
         let size = self.inner.blobs.commit(id, digest).await?;
         self.inner.meta.link_blob(repo, digest, size).await?;

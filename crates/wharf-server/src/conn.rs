@@ -74,8 +74,18 @@ impl Default for Limits {
     }
 }
 
-/// How long between two "connection limit reached" warnings.
-const FULL_WARNING_EVERY: Duration = Duration::from_secs(60);
+/// How long between two warnings of one kind ("connection limit reached", "an address
+/// refused"), so that a flood of connections does not become a flood of log lines.
+const WARNING_EVERY: Duration = Duration::from_secs(60);
+
+/// Whether a warning last given at `last` may be given again now; if so, notes it as given.
+fn warning_due(last: &mut Option<tokio::time::Instant>) -> bool {
+    let due = last.is_none_or(|at| at.elapsed() >= WARNING_EVERY);
+    if due {
+        *last = Some(tokio::time::Instant::now());
+    }
+    due
+}
 
 /// Serves `router` on `listener` within `limits` until `shutdown` resolves, then lets the
 /// open connections finish their in-flight requests.
@@ -115,8 +125,7 @@ where
             _ = &mut shutdown => break,
         };
         let Some(address_slot) = per_address.take(peer.ip()) else {
-            if warned_address.is_none_or(|at| at.elapsed() >= FULL_WARNING_EVERY) {
-                warned_address = Some(tokio::time::Instant::now());
+            if warning_due(&mut warned_address) {
                 tracing::warn!(
                     address = %peer.ip(),
                     max_connections_per_address = limits.max_connections_per_address,
@@ -126,9 +135,7 @@ where
             tokio::spawn(refuse(io, permit));
             continue;
         };
-        if permits.available_permits() == 0 && warned_full.is_none_or(|at| at.elapsed() >= FULL_WARNING_EVERY)
-        {
-            warned_full = Some(tokio::time::Instant::now());
+        if permits.available_permits() == 0 && warning_due(&mut warned_full) {
             tracing::warn!(
                 max_connections = max,
                 "connection limit reached: new connections wait in the listen backlog until one closes"

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use wharf_metadata::MetadataStore;
 use wharf_oci::Digest;
@@ -113,7 +113,7 @@ async fn session_is_back_at_0_and_takes_a_blob(s: &Limited, location: &str, size
 
 /// Reads until the server closes the connection (EOF or reset); returns what it sent.
 /// Panics if it is still open after `bound`.
-async fn until_closed(conn: &mut TcpStream, bound: Duration) -> Vec<u8> {
+async fn until_closed(conn: &mut (impl AsyncRead + Unpin), bound: Duration) -> Vec<u8> {
     let mut got = Vec::new();
     let read = async {
         let mut buf = [0u8; 4096];
@@ -288,19 +288,7 @@ async fn a_body_that_trickles_below_the_minimum_rate_is_ended_and_nothing_is_kep
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     });
-    let mut answer = Vec::new();
-    let read = async {
-        let mut buf = [0u8; 4096];
-        loop {
-            match reader.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => answer.extend_from_slice(&buf[..n]),
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(60), read)
-        .await
-        .expect("the server never closed the connection");
+    let answer = until_closed(&mut reader, Duration::from_secs(60)).await;
     trickle.abort();
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
