@@ -11,6 +11,7 @@
 //! with a join against the manifests of the repository at query time, so a child becomes present
 //! whenever its manifest is put, before or after the index, and absent again when it is deleted.
 
+pub mod freshness;
 mod migrate;
 mod store;
 

@@ -323,7 +323,7 @@ impl MetadataStore {
     pub fn replica_lease(&self) -> Option<Duration> {
         match self.backend {
             Backend::Sqlite => None,
-            Backend::Postgres => Some(link_cache::LEASE_TRUSTED),
+            Backend::Postgres => Some(crate::freshness::LEASE_TRUSTED),
         }
     }
 
@@ -333,7 +333,7 @@ impl MetadataStore {
     pub fn removal_wait(&self) -> Duration {
         match self.backend {
             Backend::Sqlite => Duration::ZERO,
-            Backend::Postgres => link_cache::LEASE,
+            Backend::Postgres => crate::freshness::LEASE,
         }
     }
 

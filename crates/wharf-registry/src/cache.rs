@@ -3,20 +3,20 @@
 //!
 //! Invalidated by this process's own writes (after their commit, per repository). On SQLite
 //! this process is the only writer of manifests and tags, so an entry holds until then. On
-//! PostgreSQL other replicas write too: an entry is a lease of
-//! [`MetadataStore::replica_lease`](wharf_metadata::MetadataStore::replica_lease) counted from
-//! before the read, and whoever deletes a manifest or a tag or moves a tag waits
+//! PostgreSQL other replicas write too: an entry is a lease, and whoever deletes a manifest or
+//! a tag or moves a tag waits
 //! [`removal_wait`](wharf_metadata::MetadataStore::removal_wait) after its commit before it
-//! answers, so that once it has, no replica serves the old state. Reads that find nothing are
-//! never remembered, so a new tag or manifest needs no wait.
+//! answers, so that once it has, no replica serves the old state (the rule of
+//! [`wharf_metadata::freshness`]). Reads that find nothing are never remembered, so a new tag
+//! or manifest needs no wait.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use wharf_metadata::StoredManifest;
+use wharf_metadata::freshness::{Expiry, Freshness, ReadStart};
 use wharf_oci::{Digest, Reference, RepoName};
 
 /// A manifest as served: exact bytes, shared without copying.
@@ -39,8 +39,8 @@ impl From<StoredManifest> for ServedManifest {
 /// 2 MiB), within the 32 MiB of RSS that BENCHMARKS.md measures against.
 const BUDGET: usize = 8 * 1024 * 1024;
 
-/// A cached manifest and until when it may be served (`None`: until invalidated).
-type Entry = (ServedManifest, Option<Instant>);
+/// A cached manifest and until when it may be served.
+type Entry = (ServedManifest, Expiry);
 
 /// The cached manifests by repository then reference (a lookup borrows, an invalidation drops
 /// one repository's map), and the bytes they hold.
@@ -48,51 +48,31 @@ type Entries = (HashMap<RepoName, HashMap<Reference, Entry>>, usize);
 
 pub struct ManifestCache {
     entries: Mutex<Entries>,
-    /// Bumped on every write. A reader fills the cache only if no write happened since it
-    /// started reading the database, so a stale read never lands after an invalidation.
-    generation: AtomicU64,
-    /// How long an entry is served, from before the read that filled it; `None`: until
-    /// invalidated (see the module docs).
-    lease: Option<Duration>,
-}
-
-/// Taken before a read of the database, handed to [`ManifestCache::fill`] with its result.
-#[derive(Clone, Copy, Debug)]
-pub struct ReadStart {
-    generation: u64,
-    began: Instant,
+    /// Writes since a read began (its fill is dropped), and on PostgreSQL the lease.
+    freshness: Freshness,
 }
 
 impl ManifestCache {
     /// A cache whose entries are served for `lease` after the read began (`None`: until this
     /// process invalidates them).
     pub fn new(lease: Option<Duration>) -> ManifestCache {
-        ManifestCache { entries: Mutex::default(), generation: AtomicU64::new(0), lease }
+        ManifestCache { entries: Mutex::default(), freshness: Freshness::new(lease) }
     }
 
     pub fn get(&self, repo: &RepoName, reference: &Reference) -> Option<ServedManifest> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let (m, until) = entries.0.get(repo)?.get(reference)?;
-        match until {
-            Some(until) if Instant::now() >= *until => None,
-            _ => Some(m.clone()),
-        }
+        until.live_at(Instant::now()).then(|| m.clone())
     }
 
     /// Call before reading the database for an entry that [`ManifestCache::get`] missed.
     pub fn read_start(&self) -> ReadStart {
-        ReadStart { generation: self.generation.load(Ordering::Acquire), began: Instant::now() }
+        self.freshness.read_start()
     }
 
     pub fn fill(&self, read: ReadStart, repo: &RepoName, reference: &Reference, m: &ServedManifest) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if self.generation.load(Ordering::Acquire) != read.generation {
-            return;
-        }
-        let until = self.lease.map(|t| read.began + t);
-        if until.is_some_and(|u| Instant::now() >= u) {
-            return; // the database was slower than the lease: nothing to gain
-        }
+        let Some(until) = self.freshness.admit(read) else { return };
         if entries.1 + m.content.len() > BUDGET {
             entries.0.clear();
             entries.1 = 0;
@@ -105,7 +85,7 @@ impl ManifestCache {
     /// Forget everything cached for `repo` (after any manifest or tag write or delete there).
     pub fn invalidate(&self, repo: &RepoName) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.freshness.invalidate();
         let (map, bytes) = &mut *entries;
         if let Some(tags) = map.remove(repo) {
             *bytes -= tags.values().map(|(m, _)| m.content.len()).sum::<usize>();
@@ -175,14 +155,14 @@ mod tests {
         assert_eq!(cache.get(&repo, &tag).unwrap().content, "fresh");
 
         // A read that began a lease ago lands already expired.
-        let old = ReadStart { began: Instant::now() - lease, ..cache.read_start() };
+        let old = cache.read_start().resting_on(Instant::now() - lease);
         let other: Reference = "v2".parse().unwrap();
         cache.fill(old, &repo, &other, &m("old"));
         assert!(cache.get(&repo, &other).is_none());
 
         // An entry whose lease ran out is not served, though still held.
         let began = Instant::now() - Duration::from_millis(50);
-        cache.fill(ReadStart { began, ..cache.read_start() }, &repo, &other, &m("short"));
+        cache.fill(cache.read_start().resting_on(began), &repo, &other, &m("short"));
         assert_eq!(cache.get(&repo, &other).unwrap().content, "short");
         std::thread::sleep(lease);
         assert!(cache.get(&repo, &other).is_none(), "served past its lease");

@@ -17,13 +17,16 @@
 //!   [`MetadataStore::replica_lease`](wharf_metadata::MetadataStore::replica_lease) counted from
 //!   before the reads it was reached from, a delete answers once every such lease has run out
 //!   (the manifest cache's wait), and so does a signature push in a `[[trust]]` repository:
-//!   once either has its answer, every replica decides by it.
+//!   once either has its answer, every replica decides by it. In both cases a verdict whose
+//!   reads began before an invalidation here is not kept ([`wharf_metadata::freshness`]): a
+//!   signature deleted while a pull was verifying it does not stay valid for [`VALID_TTL`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
+use wharf_metadata::freshness::{Expiry, Freshness, ReadStart};
 use wharf_oci::{Digest, Manifest, ManifestKind, RepoName, Tag};
 use wharf_trust::{Assessment, COSIGN_SIG_ARTIFACT, PublicKey, Verdict};
 
@@ -53,49 +56,60 @@ pub struct TrustRule {
 /// began.
 type Cached = (Option<String>, Instant);
 
-/// Verdicts by (repository, manifest digest).
+/// Verdicts by (repository, manifest digest), each with until when it is reused.
 pub(crate) struct TrustCache {
-    entries: Mutex<HashMap<(RepoName, Digest), Cached>>,
-    /// Replicas: how long any verdict is reused (see the module docs); `None`: the TTLs.
-    lease: Option<Duration>,
+    entries: Mutex<HashMap<(RepoName, Digest), (Cached, Instant)>>,
+    /// Invalidations since a verification began, and on replicas the lease (module docs).
+    freshness: Freshness,
 }
 
 impl TrustCache {
     pub(crate) fn new(lease: Option<Duration>) -> TrustCache {
-        TrustCache { entries: Mutex::default(), lease }
+        TrustCache { entries: Mutex::default(), freshness: Freshness::new(lease) }
+    }
+
+    /// Call before the reads a verdict will rest on.
+    fn read_start(&self) -> ReadStart {
+        self.freshness.read_start()
     }
 
     /// The verdict, and when the reads behind it began.
     fn get(&self, repo: &RepoName, digest: &Digest) -> Option<Cached> {
         let entries = self.entries.lock().expect("not poisoned");
-        let (verdict, began) = entries.get(&(repo.clone(), digest.clone()))?;
-        let ttl = match (self.lease, verdict) {
-            (Some(lease), _) => lease,
-            (None, None) => VALID_TTL,
-            (None, Some(_)) => REFUSED_TTL,
-        };
-        (began.elapsed() < ttl).then(|| (verdict.clone(), *began))
+        let (cached, until) = entries.get(&(repo.clone(), digest.clone()))?;
+        (Instant::now() < *until).then(|| cached.clone())
     }
 
-    /// Remembers a verdict reached from reads that began at `began`.
-    fn put(&self, repo: &RepoName, digest: &Digest, verdict: Option<String>, began: Instant) {
+    /// Remembers a verdict reached from reads since `read`, unless something was invalidated
+    /// since then.
+    fn put(&self, repo: &RepoName, digest: &Digest, verdict: Option<String>, read: ReadStart) {
         let mut entries = self.entries.lock().expect("not poisoned");
+        let until = match self.freshness.admit(read) {
+            None => return,
+            Some(Expiry::At(lease)) => lease,
+            Some(Expiry::Invalidated) => {
+                read.began() + if verdict.is_none() { VALID_TTL } else { REFUSED_TTL }
+            }
+        };
         if entries.len() > 100_000 {
             entries.clear();
         }
-        entries.insert((repo.clone(), digest.clone()), (verdict, began));
+        entries.insert((repo.clone(), digest.clone()), ((verdict, read.began()), until));
     }
 
     /// A signature for `subject` arrived: its verdict, and every refusal in the repository
     /// (children follow their index), are out of date.
     pub(crate) fn signature_pushed(&self, repo: &RepoName, subject: &Digest) {
         let mut entries = self.entries.lock().expect("not poisoned");
-        entries.retain(|(r, d), (verdict, _)| r != repo || (d != subject && verdict.is_none()));
+        self.freshness.invalidate();
+        entries.retain(|(r, d), ((verdict, _), _)| r != repo || (d != subject && verdict.is_none()));
     }
 
     /// Something was deleted (perhaps a signature): forget the repository's verdicts.
     pub(crate) fn forget_repo(&self, repo: &RepoName) {
-        self.entries.lock().expect("not poisoned").retain(|(r, _), _| r != repo);
+        let mut entries = self.entries.lock().expect("not poisoned");
+        self.freshness.invalidate();
+        entries.retain(|(r, _), _| r != repo);
     }
 }
 
@@ -147,7 +161,7 @@ impl Registry {
             return cached.map_or(Ok(()), |reason| Err(denied(repo, rule, digest, &reason)));
         }
         // Before any read: a verdict is only as fresh as the oldest read it rests on.
-        let began = Instant::now();
+        let read = self.trust_cache().read_start();
         let loaded;
         let bytes = match bytes {
             Some(b) => b,
@@ -162,32 +176,32 @@ impl Registry {
         let parsed = Manifest::parse(None, bytes).ok();
         if parsed.as_ref().is_some_and(is_exempt) {
             // Decided by the bytes alone, which the digest fixes.
-            self.trust_cache().put(repo, digest, None, began);
+            self.trust_cache().put(repo, digest, None, read);
             return Ok(());
         }
         let verdict = self.trust_verdict(repo, digest, &rule.keys).await?;
         if verdict.is_none() {
-            self.trust_cache().put(repo, digest, None, began);
+            self.trust_cache().put(repo, digest, None, read);
             return Ok(());
         }
         // A child pinned by a signed index of this repository.
         for (index, _) in self.metadata().indexes_listing(repo, digest).await? {
-            let (index_ok, index_began) = match self.trust_cache().get(repo, &index) {
-                Some((v, at)) => (v.is_none(), at.min(began)),
+            let (index_ok, index_read) = match self.trust_cache().get(repo, &index) {
+                Some((v, at)) => (v.is_none(), read.resting_on(at)),
                 None => {
                     let v = self.trust_verdict(repo, &index, &rule.keys).await?;
                     let ok = v.is_none();
-                    self.trust_cache().put(repo, &index, v, began);
-                    (ok, began)
+                    self.trust_cache().put(repo, &index, v, read);
+                    (ok, read)
                 }
             };
             if index_ok {
-                self.trust_cache().put(repo, digest, None, index_began);
+                self.trust_cache().put(repo, digest, None, index_read);
                 return Ok(());
             }
         }
         let reason = verdict.unwrap_or_default();
-        self.trust_cache().put(repo, digest, Some(reason.clone()), began);
+        self.trust_cache().put(repo, digest, Some(reason.clone()), read);
         Err(denied(repo, rule, digest, &reason))
     }
 
@@ -340,17 +354,33 @@ mod tests {
         let c = TrustCache::new(None);
         let repo: RepoName = "prod/app".parse().unwrap();
         let (a, b) = (Digest::sha256_of(b"a"), Digest::sha256_of(b"b"));
-        let now = Instant::now();
-        c.put(&repo, &a, Some("unsigned".into()), now);
-        c.put(&repo, &b, None, now);
-        assert_eq!(c.get(&repo, &a), Some((Some("unsigned".into()), now)));
+        let read = c.read_start();
+        c.put(&repo, &a, Some("unsigned".into()), read);
+        c.put(&repo, &b, None, read);
+        assert_eq!(c.get(&repo, &a), Some((Some("unsigned".into()), read.began())));
         c.signature_pushed(&repo, &b);
         // The refusal is dropped (a new signature may change it), and the signed subject too.
         assert_eq!(c.get(&repo, &a), None);
         assert_eq!(c.get(&repo, &b), None);
-        c.put(&repo, &b, None, now);
+        c.put(&repo, &b, None, c.read_start());
+        assert!(c.get(&repo, &b).is_some());
         c.forget_repo(&repo);
         assert_eq!(c.get(&repo, &b), None);
+    }
+
+    #[test]
+    fn a_verdict_whose_reads_raced_a_delete_is_not_kept() {
+        let c = TrustCache::new(None);
+        let repo: RepoName = "prod/app".parse().unwrap();
+        let a = Digest::sha256_of(b"a");
+        let read = c.read_start(); // a pull starts verifying a's signature
+        c.forget_repo(&repo); // the signature is deleted meanwhile
+        c.put(&repo, &a, None, read);
+        assert_eq!(c.get(&repo, &a), None, "a valid verdict outlived the delete of its signature");
+        let read = c.read_start();
+        c.signature_pushed(&repo, &Digest::sha256_of(b"other"));
+        c.put(&repo, &a, Some("unsigned".into()), read);
+        assert_eq!(c.get(&repo, &a), None, "a refusal outlived a signature push");
     }
 
     #[test]
@@ -359,16 +389,17 @@ mod tests {
         let c = TrustCache::new(Some(lease));
         let repo: RepoName = "prod/app".parse().unwrap();
         let a = Digest::sha256_of(b"a");
-        c.put(&repo, &a, None, Instant::now());
+        c.put(&repo, &a, None, c.read_start());
         assert!(c.get(&repo, &a).is_some());
         // Reads that began a lease ago give a verdict that is already out of date.
-        c.put(&repo, &a, None, Instant::now() - lease);
+        c.forget_repo(&repo);
+        c.put(&repo, &a, None, c.read_start().resting_on(Instant::now() - lease));
         assert_eq!(c.get(&repo, &a), None, "a valid verdict outlived the lease");
-        c.put(&repo, &a, Some("unsigned".into()), Instant::now() - lease);
+        c.put(&repo, &a, Some("unsigned".into()), c.read_start().resting_on(Instant::now() - lease));
         assert_eq!(c.get(&repo, &a), None, "a refusal outlived the lease");
         // Without replicas, a valid verdict is kept for its TTL.
         let single = TrustCache::new(None);
-        single.put(&repo, &a, None, Instant::now() - lease);
+        single.put(&repo, &a, None, single.read_start().resting_on(Instant::now() - lease));
         assert!(single.get(&repo, &a).is_some());
     }
 }

@@ -13,35 +13,28 @@
 //!   compares with what it saw when it filled: a request that starts after `wharf gc` is done
 //!   never sees a link it removed. Entries also expire after [`MAX_AGE`], which bounds the
 //!   damage if the epoch file cannot be written.
-//! - PostgreSQL (replicas, which cannot see each other's memory): a remembered link is trusted
-//!   for [`LEASE_TRUSTED`] counted from *before* the query that read it, and whoever removes a
-//!   link waits [`LEASE`] after its commit before it answers
-//!   ([`LinkCache::unlinked_and_expired`]). A replica can only have read the link before that
-//!   commit, so its entry has expired by the time the `DELETE` (or gc) returns: a request sent
-//!   after that sees the removal on every replica. The price is a quarter of a second on each
+//! - PostgreSQL (replicas, which cannot see each other's memory): a remembered link is a lease
+//!   ([`crate::freshness`]), and whoever removes a link waits after its commit before it
+//!   answers ([`LinkCache::unlinked_and_expired`]): a request sent after the `DELETE` (or gc)
+//!   returns sees the removal on every replica. The price is a quarter of a second on each
 //!   blob `DELETE` and on each gc commit that removed links; under load a replica still asks
 //!   the database about a hot link only five times a second.
 //!
-//! A fill is dropped when anything was unlinked in this process since its read began (the
-//! generation), so a stale read never lands after an invalidation.
+//! A fill is dropped when anything was unlinked in this process since its read began
+//! ([`Freshness`]), so a stale read never lands after an invalidation.
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use wharf_oci::{Digest, RepoName};
 
+use crate::freshness::{Expiry, Freshness, LEASE, LEASE_TRUSTED, ReadStart};
+
 /// How long a remembered link is trusted without a word from its epoch file (SQLite).
 const MAX_AGE: Duration = Duration::from_secs(30);
-/// How long a link remover waits after its commit before it answers (PostgreSQL). The
-/// registry's manifest cache keeps the same lease (`MetadataStore::removal_wait`).
-pub(crate) const LEASE: Duration = Duration::from_millis(250);
-/// How long a replica trusts a link, from before the read: less than [`LEASE`], a margin for
-/// clocks of different machines running at slightly different rates.
-pub(crate) const LEASE_TRUSTED: Duration = Duration::from_millis(200);
 /// Links remembered; past this the cache starts over (a lookup then queries again).
 const MAX_ENTRIES: usize = 16_384;
 /// The epoch file is emptied once this long, so it never grows without bound (emptying it
@@ -54,7 +47,7 @@ type Epoch = Option<(u64, SystemTime, u64)>;
 #[derive(Default)]
 struct Entries {
     /// Size, and until when the entry is trusted.
-    links: HashMap<RepoName, HashMap<Digest, (u64, Instant)>>,
+    links: HashMap<RepoName, HashMap<Digest, (u64, Expiry)>>,
     count: usize,
     /// The epoch file as it was when these entries were filled.
     epoch: Epoch,
@@ -62,21 +55,14 @@ struct Entries {
 
 pub(crate) struct LinkCache {
     entries: Mutex<Entries>,
-    /// Bumped on every invalidation: a fill from a read that began before it is dropped.
-    generation: AtomicU64,
+    /// Invalidations, and on PostgreSQL the lease (see the module docs).
+    freshness: Freshness,
     /// `None` for an in-memory database, which no other process can open, and for PostgreSQL.
     epoch_file: Option<PathBuf>,
-    /// PostgreSQL: entries are leases (see the module docs).
-    replicas: bool,
 }
 
 /// A lookup that found nothing: what [`LinkCache::fill`] needs once the database answered.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Miss {
-    generation: u64,
-    /// Before the query: a lease counts from here.
-    began: Instant,
-}
+pub(crate) type Miss = ReadStart;
 
 impl LinkCache {
     /// The cache of the SQLite database at `db_path` (`None`: in memory).
@@ -86,12 +72,7 @@ impl LinkCache {
             name.push("-link-epoch");
             PathBuf::from(name)
         });
-        let cache = LinkCache {
-            entries: Mutex::default(),
-            generation: AtomicU64::new(0),
-            epoch_file,
-            replicas: false,
-        };
+        let cache = LinkCache { entries: Mutex::default(), freshness: Freshness::new(None), epoch_file };
         cache.entries().epoch = cache.read_epoch();
         cache
     }
@@ -100,16 +81,15 @@ impl LinkCache {
     pub(crate) fn for_replicas() -> LinkCache {
         LinkCache {
             entries: Mutex::default(),
-            generation: AtomicU64::new(0),
+            freshness: Freshness::new(Some(LEASE_TRUSTED)),
             epoch_file: None,
-            replicas: true,
         }
     }
 
     /// How long whoever removed a link must wait after the commit before it reports the
     /// removal done: until no replica still trusts the link.
     pub(crate) fn removal_wait(&self) -> Duration {
-        if self.replicas { LEASE } else { Duration::ZERO }
+        if self.freshness.leased() { LEASE } else { Duration::ZERO }
     }
 
     fn entries(&self) -> std::sync::MutexGuard<'_, Entries> {
@@ -129,7 +109,7 @@ impl LinkCache {
         }
         let now = self.read_epoch();
         if now != entries.epoch {
-            self.generation.fetch_add(1, Ordering::AcqRel);
+            self.freshness.invalidate();
             entries.links.clear();
             entries.count = 0;
             entries.epoch = now;
@@ -142,10 +122,9 @@ impl LinkCache {
     pub(crate) fn lookup(&self, repo: &RepoName, digest: &Digest) -> Result<u64, Miss> {
         let mut entries = self.entries();
         self.check_epoch(&mut entries);
-        let now = Instant::now();
         match entries.links.get(repo).and_then(|m| m.get(digest)) {
-            Some(&(size, until)) if now < until => Ok(size),
-            _ => Err(Miss { generation: self.generation.load(Ordering::Acquire), began: now }),
+            Some(&(size, until)) if until.live_at(Instant::now()) => Ok(size),
+            _ => Err(self.freshness.read_start()),
         }
     }
 
@@ -154,10 +133,12 @@ impl LinkCache {
     pub(crate) fn fill(&self, miss: Miss, repo: &RepoName, digest: &Digest, size: u64) {
         let mut entries = self.entries();
         self.check_epoch(&mut entries);
-        if self.generation.load(Ordering::Acquire) != miss.generation {
-            return;
-        }
-        let until = if self.replicas { miss.began + LEASE_TRUSTED } else { Instant::now() + MAX_AGE };
+        let until = match self.freshness.admit(miss) {
+            None => return,
+            // Bounded even here, in case the epoch file cannot be written.
+            Some(Expiry::Invalidated) => Expiry::At(Instant::now() + MAX_AGE),
+            Some(lease) => lease,
+        };
         if entries.count >= MAX_ENTRIES {
             entries.links.clear();
             entries.count = 0;
@@ -172,7 +153,7 @@ impl LinkCache {
     pub(crate) fn unlinked(&self) {
         {
             let mut entries = self.entries();
-            self.generation.fetch_add(1, Ordering::AcqRel);
+            self.freshness.invalidate();
             entries.links.clear();
             entries.count = 0;
         }
@@ -276,7 +257,7 @@ mod tests {
         assert_eq!(cache.lookup(&repo, &d), Ok(5));
         // A read that began a lease ago lands already expired: trust counts from the read,
         // not from when its answer arrived.
-        let old = Miss { began: Instant::now() - LEASE_TRUSTED, ..gen_of(&cache, &repo, &key(5).1) };
+        let old = gen_of(&cache, &repo, &key(5).1).resting_on(Instant::now() - LEASE_TRUSTED);
         cache.fill(old, &repo, &key(5).1, 6);
         assert!(cache.lookup(&repo, &key(5).1).is_err());
         // In this process a removal is still forgotten at once.
