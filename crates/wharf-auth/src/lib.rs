@@ -276,6 +276,19 @@ impl Authority {
         self.rules.actions_for(id, repo)
     }
 
+    /// The groups of `id` that some rule names (as the rules spell them, each once): what a
+    /// token must carry for the rules to judge its holder as they judge a basic-auth login.
+    /// The rest of a directory user's groups would only make the token longer.
+    fn groups_named_by_rules(&self, id: &Identity) -> Vec<String> {
+        let mut groups: Vec<String> = Vec::new();
+        for (_, group) in self.rules.named_groups() {
+            if id.in_group(group) && !groups.iter().any(|g| g.eq_ignore_ascii_case(group)) {
+                groups.push(group.to_owned());
+            }
+        }
+        groups
+    }
+
     /// The catalog is for users who logged in (and lists what they may pull).
     pub fn may_list_catalog(&self, id: &Identity) -> bool {
         !id.is_anonymous()
@@ -349,6 +362,7 @@ impl Authority {
             iat: now,
             jti: htpasswd::random_hex(16),
             access: self.grant(id, requested),
+            groups: self.groups_named_by_rules(id),
         };
         Some(IssuedToken {
             token: token::sign(&settings.key, &claims),
@@ -555,6 +569,26 @@ mod tests {
         assert_eq!(authority(true).verify_token_at(&t.token, now), Err(TokenError::BadSignature));
         assert!(authority(false).issue(&Identity::Anonymous, &[]).is_none());
         assert!(authority(false).verify_token(&t.token).is_err());
+    }
+
+    #[test]
+    fn tokens_carry_the_groups_the_rules_name() {
+        let rules = vec![Rule::new("team/**", &strings(&["group:Dev"]), &[], &[]).unwrap()];
+        let a = Authority::new(AuthConfig { rules, token: Some(TokenSettings::new()), ..Default::default() });
+        let now = 1_700_000_000;
+        let bob = Identity::Member { user: "bob".into(), groups: strings(&["staff", "dev", "DEV"]) };
+        let t = a.issue_at(&bob, &scopes("registry:catalog:*"), now).unwrap();
+        // Only the group a rule names, once, spelled as the rule spells it.
+        assert_eq!(t.claims.groups, ["Dev"]);
+        let back = a.verify_token_at(&t.token, now).unwrap().identity();
+        assert_eq!(back, Identity::Member { user: "bob".into(), groups: strings(&["Dev"]) });
+        let repo: RepoName = "team/app".parse().unwrap();
+        assert!(a.actions_for(&back, &repo).contains(Action::Pull));
+        // A user in no named group gets a token without the claim, as before.
+        let carol = Identity::Member { user: "carol".into(), groups: strings(&["staff"]) };
+        let t = a.issue_at(&carol, &[], now).unwrap();
+        assert!(t.claims.groups.is_empty());
+        assert_eq!(a.verify_token_at(&t.token, now).unwrap().identity(), Identity::User("carol".into()));
     }
 
     #[test]

@@ -78,11 +78,20 @@ pub struct Claims {
     pub iat: u64,
     pub jti: String,
     pub access: Vec<Scope>,
+    /// Wharf's own claim: the directory groups of the user that the rules name, so that what a
+    /// token holder may list (the catalog) follows `group:NAME` rules as with basic auth.
+    /// Only the built-in issuer sets it; an external issuer's tokens never carry it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
 }
 
 impl Claims {
     pub fn identity(&self) -> Identity {
-        if self.sub.is_empty() { Identity::Anonymous } else { Identity::User(self.sub.clone()) }
+        match (self.sub.as_str(), self.groups.is_empty()) {
+            ("", _) => Identity::Anonymous,
+            (user, true) => Identity::User(user.to_owned()),
+            (user, false) => Identity::Member { user: user.to_owned(), groups: self.groups.clone() },
+        }
     }
 
     /// Does the token grant `action` on resource `kind`/`name`?
@@ -369,6 +378,8 @@ impl ExternalIssuer {
                         iat: c.iat.unwrap_or(nbf),
                         jti: c.jti,
                         access: c.access,
+                        // Groups are Wharf's claim: another service's token does not name them.
+                        groups: Vec::new(),
                     });
                 }
                 Err(e) => {
@@ -405,6 +416,7 @@ mod tests {
             iat: now,
             jti: "j1".into(),
             access: vec![Scope::repository("team/app", [Action::Pull, Action::Push]), Scope::catalog()],
+            groups: Vec::new(),
         }
     }
 

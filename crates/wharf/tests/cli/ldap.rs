@@ -1,7 +1,8 @@
 //! `[auth.ldap]` against a real OpenLDAP (`slapd`, started per test with its own directory):
-//! podman and skopeo log in as directory users, `group:NAME` rules decide who pushes, wrong
-//! passwords and filter injection get 401, a directory that is down or hung gets 503 within
-//! the timeout, and ldaps:// and StartTLS verify the directory's certificate.
+//! podman and skopeo log in as directory users, `group:NAME` rules decide who pushes, token
+//! holders see the catalog their groups allow, wrong passwords and filter injection get 401,
+//! a directory that is down or hung gets 503 within the timeout, and ldaps:// and StartTLS
+//! verify the directory's certificate.
 
 use std::path::Path;
 use std::process::Command;
@@ -184,6 +185,47 @@ fn group_rules_decide_who_pushes_beside_htpasswd_users() {
     run_ok(push("ci:ci-pw", "ci/app:v1"));
     let err = run_fails(push("alice:alice-pw", "ci/app:v2")).to_lowercase();
     assert!(err.contains("denied") || err.contains("forbidden") || err.contains("unauthorized"), "{err}");
+}
+
+/// `GET /v2/_catalog` with a token for `registry:catalog:*` from the token endpoint, logged
+/// in as `user` (curl; bounded): the repositories listed.
+fn catalog_with_token(server: &WharfServer, user: &str, password: &str) -> Vec<String> {
+    let url = format!("http://{}/token?service=wharf&scope=registry:catalog:*", server.addr);
+    let (code, body) = status(&url, user, password);
+    assert_eq!(code, "200", "token for {user}: {body}");
+    let token: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let token = token["token"].as_str().unwrap();
+    let out = run_ok(
+        Command::new("curl")
+            .args(["-sf", "--max-time", "30", "-H"])
+            .arg(format!("Authorization: Bearer {token}"))
+            .arg(format!("{}_catalog", base(server))),
+    );
+    let listing: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    listing["repositories"].as_array().unwrap().iter().map(|r| r.as_str().unwrap().to_owned()).collect()
+}
+
+#[test]
+fn token_holders_see_the_catalog_their_groups_allow() {
+    let slapd = directory(false);
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &slapd, true, "5s");
+    let src = tempfile::tempdir().unwrap();
+    let oci = layout(src.path(), 63);
+    for (creds, repo) in [("alice:alice-pw", "platform/app:v1"), ("ci:ci-pw", "ci/app:v1")] {
+        run_ok(
+            skopeo(["copy", "--all", "--dest-tls-verify=false", "--dest-creds", creds])
+                .arg(&oci)
+                .arg(server.docker_ref(repo)),
+        );
+    }
+    // bob may pull platform/** only through group dev: a token carries that group, so the
+    // catalog lists it as it does for bob with basic auth.
+    assert_eq!(catalog_with_token(&server, "bob", "bob-pw"), ["platform/app"]);
+    assert_eq!(catalog_with_token(&server, "alice", "alice-pw"), ["platform/app"]);
+    // carol is in no group; ci is an htpasswd user with a rule of its own.
+    assert!(catalog_with_token(&server, "carol", "carol-pw").is_empty());
+    assert_eq!(catalog_with_token(&server, "ci", "ci-pw"), ["ci/app"]);
 }
 
 #[test]
