@@ -1,8 +1,9 @@
 //! `[[webhooks]]`: signed push and delete events in distribution's envelope reach a receiver
 //! the test runs on loopback; a pattern filters; events queued while the receiver is down
 //! arrive once it is back; an event queued before a restart is delivered by the next server
-//! on the same data. SQLite and PostgreSQL (the replica setup needs Garage, which these tests
-//! do not need: the outbox lives in the metadata store).
+//! on the same data; two replicas sharing a PostgreSQL outbox deliver each event exactly once.
+//! SQLite and PostgreSQL (the replica setup needs Garage, which these tests do not need: the
+//! outbox lives in the metadata store, so two servers on one schema are the replicas here).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -365,6 +366,70 @@ async fn an_event_survives_a_restart(backend: Backend) {
     second.task.await.unwrap();
     receiver.stop().await;
     first_meta.drop_isolated_schema().await.unwrap();
+}
+
+/// Two replicas on one PostgreSQL schema (two pools, one blob directory) each run a delivery
+/// task over the shared outbox. Events queued through both while the receiver is down are all
+/// due at once when it comes back, so both tasks race for every row: each event must arrive
+/// exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_deliver_each_event_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let reserved = closed_port().await;
+    let addr = reserved.local_addr().unwrap();
+    drop(reserved);
+    let cfg = config(vec![hook(format!("http://{addr}/hook"), &[EventKind::Push], Some(SECRET), None)]);
+    let a_meta = MetadataStore::connect_postgres_isolated(&postgres_url())
+        .await
+        .expect("PostgreSQL must be reachable for the postgres tests (set WHARF_TEST_POSTGRES)");
+    let b_meta = MetadataStore::connect_postgres_schema(&postgres_url(), a_meta.isolated_schema().unwrap())
+        .await
+        .unwrap();
+    let blobs = || BlobStore::open(dir.path().join("storage"));
+    let a = own_server(Registry::new(blobs().await.unwrap(), a_meta.clone(), cfg.clone())).await;
+    let b = own_server(Registry::new(blobs().await.unwrap(), b_meta, cfg)).await;
+
+    const EVENTS: usize = 12;
+    let mut pushed = Vec::new();
+    for i in 0..EVENTS {
+        let base = if i % 2 == 0 { &a.base } else { &b.base };
+        pushed.push(push_to(base, &format!("team/app{i}"), "v1", &format!("replica {i}")).await.to_string());
+    }
+    // Both replicas have tried and failed: every row is due again, on both.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    for base in [&a.base, &b.base] {
+        while metric(base, "wharf_webhook_deliveries_total{result=\"failed\"}").await < 1 {
+            assert!(tokio::time::Instant::now() < deadline, "no failed delivery counted at {base}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    let listener = tokio::net::TcpListener::bind(addr).await.expect("the receiver's port again");
+    let receiver = Receiver::start(listener).await;
+    receiver.wait_for("/hook", EVENTS).await;
+    // Long enough for a second delivery of any row to arrive (both tasks poll every second).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let got = receiver.got.lock().unwrap().clone();
+    let mut ids: Vec<String> = got.iter().map(|d| d.event()["id"].as_str().unwrap().to_owned()).collect();
+    let mut digests: Vec<String> =
+        got.iter().map(|d| d.event()["target"]["digest"].as_str().unwrap().to_owned()).collect();
+    ids.sort();
+    ids.dedup();
+    digests.sort();
+    pushed.sort();
+    assert_eq!(got.len(), EVENTS, "each event once: {digests:?}");
+    assert_eq!(ids.len(), EVENTS);
+    assert_eq!(digests, pushed);
+    let delivered = metric(&a.base, "wharf_webhook_deliveries_total{result=\"ok\"}").await
+        + metric(&b.base, "wharf_webhook_deliveries_total{result=\"ok\"}").await;
+    assert_eq!(delivered, EVENTS as u64);
+    assert_eq!(metric(&a.base, "wharf_webhook_queue_depth").await, 0);
+    for server in [a, b] {
+        let _ = server.stop.send(());
+        server.task.await.unwrap();
+    }
+    receiver.stop().await;
+    a_meta.drop_isolated_schema().await.unwrap();
 }
 
 macro_rules! sqlite_and_postgres {
