@@ -7,6 +7,8 @@
 #       wharf copy --all-platforms docker://SRC/bench/app:v1 docker://DST/bench/app:v1
 #       skopeo copy --all --src-tls-verify=false --dest-tls-verify=false (same refs)
 #     and the same two into a fresh, empty Wharf (`wharf serve`, default policy);
+#   - Wharf to Wharf, as issue 9 states its 3x target: the same image in a source `wharf serve`,
+#     each tool into a fresh, empty Wharf;
 #   - a partial copy, `wharf copy --platform linux/amd64 --platform linux/arm64 --json` into a
 #     fresh Wharf with `--index-policy sparse` (index digest kept). skopeo has no equivalent
 #     that keeps the digest (`--multi-arch index-only` needs a registry that takes a sparse
@@ -36,7 +38,7 @@ TAG="v1"
 need_tools docker-registry skopeo curl awk ss sha256sum
 make_tmp wharf-bench-copy
 
-# Space: the layout, the source, and at most two destinations at a time, plus uploads.
+# Space: the layout, the two sources, and at most two destinations at a time, plus uploads.
 check_space $((4 * LAYERS * LAYER_MIB))
 
 # --- binaries ---------------------------------------------------------------------------------
@@ -60,24 +62,31 @@ skopeo copy --all --quiet --dest-tls-verify=false "oci:$TMP/layout:$REPO:$TAG" \
     "docker://$SRC/$REPO:$TAG" >&2
 [ "$(index_digest "$SRC" "$REPO" "$TAG")" = "$SRC_DIGEST" ] \
     || { log "source does not serve $SRC_DIGEST"; exit 1; }
+start_registry wsource wharf
+WSRC="$ADDR"
+log "loading it into the source Wharf on $WSRC (skopeo copy --all)..."
+skopeo copy --all --quiet --dest-tls-verify=false "oci:$TMP/layout:$REPO:$TAG" \
+    "docker://$WSRC/$REPO:$TAG" >&2
+[ "$(index_digest "$WSRC" "$REPO" "$TAG")" = "$SRC_DIGEST" ] \
+    || { log "source Wharf does not serve $SRC_DIGEST"; exit 1; }
 rm -rf "$TMP/layout"
 
 declare -A T=() R=()   # "case run" -> seconds / peak RSS MiB
 JOBS_FLAG=()
 [ -z "${BENCH_JOBS:-}" ] || JOBS_FLAG=(--jobs "$BENCH_JOBS")
 
-run_copy() { # case run dest-kind tool
-    local case="$1" run="$2" kind="$3" tool="$4" got
+run_copy() { # case run src-addr dest-kind tool
+    local case="$1" run="$2" src="$3" kind="$4" tool="$5" got
     start_registry dest "$kind"
     local dst="$ADDR"
     case "$tool" in
         wharf)
             timed "$TMP/$case.$run.log" "$WHARF_BIN" copy --all-platforms "${JOBS_FLAG[@]}" \
                 --src-tls-verify=false --dest-tls-verify=false \
-                "docker://$SRC/$REPO:$TAG" "docker://$dst/$REPO:$TAG" ;;
+                "docker://$src/$REPO:$TAG" "docker://$dst/$REPO:$TAG" ;;
         skopeo)
             timed "$TMP/$case.$run.log" skopeo copy --all --src-tls-verify=false --dest-tls-verify=false \
-                "docker://$SRC/$REPO:$TAG" "docker://$dst/$REPO:$TAG" ;;
+                "docker://$src/$REPO:$TAG" "docker://$dst/$REPO:$TAG" ;;
     esac
     got="$(index_digest "$dst" "$REPO" "$TAG")"
     [ "$got" = "$SRC_DIGEST" ] || { log "[$case] destination serves ${got:-nothing}, not $SRC_DIGEST"; exit 1; }
@@ -86,13 +95,15 @@ run_copy() { # case run dest-kind tool
     drop_registry dest
 }
 
-CASES=(wharf-dist skopeo-dist wharf-wharf skopeo-wharf)
 for run in $(seq 1 "$RUNS"); do
     if [ $((run % 2)) = 1 ]; then order=(wharf skopeo); else order=(skopeo wharf); fi
-    for kind in distribution wharf; do
+    for path in dist-dist dist-wharf wharf-wharf; do
         for tool in "${order[@]}"; do
-            case "$kind" in distribution) c="$tool-dist" ;; wharf) c="$tool-wharf" ;; esac
-            run_copy "$c" "$run" "$kind" "$tool"
+            case "$path" in
+                dist-dist) run_copy "$tool-dist" "$run" "$SRC" distribution "$tool" ;;
+                dist-wharf) run_copy "$tool-wharf" "$run" "$SRC" wharf "$tool" ;;
+                wharf-wharf) run_copy "$tool-w2w" "$run" "$WSRC" wharf "$tool" ;;
+            esac
         done
     done
 done
@@ -126,7 +137,7 @@ done
 # --- report -----------------------------------------------------------------------------------
 printf '\nCopy benchmark: one OCI index, 4 platforms x %s layers x %s MiB random (%s bytes, %s MB),\n' \
     "$LAYERS" "$LAYER_MIB" "$IMAGE_BYTES" "$(awk -v b="$IMAGE_BYTES" 'BEGIN { printf "%.0f", b / 1e6 }')"
-printf 'source distribution 2.8, loopback, %s cores, %s, %s, median of %s runs\n' \
+printf 'sources distribution 2.8 and wharf serve, loopback, %s cores, %s, %s, median of %s runs\n' \
     "$(nproc)" "$("$WHARF_BIN" --version 2>/dev/null || echo wharf)" "$(skopeo --version)" "$RUNS"
 printf 'load average at start: %s; index digest %s (checked at every destination)\n\n' \
     "$LOAD_AT_START" "$SRC_DIGEST"
@@ -139,11 +150,13 @@ line "wharf copy --all-platforms  -> distribution" wharf-dist "$IMAGE_BYTES"
 line "skopeo copy --all           -> distribution" skopeo-dist "$IMAGE_BYTES"
 line "wharf copy --all-platforms  -> wharf" wharf-wharf "$IMAGE_BYTES"
 line "skopeo copy --all           -> wharf" skopeo-wharf "$IMAGE_BYTES"
+line "wharf copy --all-platforms  wharf -> wharf" wharf-w2w "$IMAGE_BYTES"
+line "skopeo copy --all           wharf -> wharf" skopeo-w2w "$IMAGE_BYTES"
 line "wharf copy 2 of 4 platforms -> wharf sparse" partial "${PARTIAL_COPIED[1]}"
 printf '\n'
-printf 'speed-up, wharf vs skopeo, into distribution: %sx; into wharf: %sx\n' \
-    "$(awk -v w="$(median_runs T wharf-dist)" -v s="$(median_runs T skopeo-dist)" 'BEGIN { printf "%.2f", s / w }')" \
-    "$(awk -v w="$(median_runs T wharf-wharf)" -v s="$(median_runs T skopeo-wharf)" 'BEGIN { printf "%.2f", s / w }')"
+speedup() { awk -v w="$(median_runs T "wharf-$1")" -v s="$(median_runs T "skopeo-$1")" 'BEGIN { printf "%.2f", s / w }'; }
+printf 'speed-up, wharf vs skopeo, distribution -> distribution: %sx; distribution -> wharf: %sx; wharf -> wharf: %sx\n' \
+    "$(speedup dist)" "$(speedup wharf)" "$(speedup w2w)"
 printf 'partial copy (linux/amd64 + linux/arm64): bytes_copied %s, bytes_filtered %s (MB/s over bytes_copied);\n' \
     "${PARTIAL_COPIED[1]}" "${PARTIAL_FILTERED[1]}"
 printf '  the same command again: %s s, bytes_copied %s. skopeo: no platform subset that keeps the digest.\n' \
