@@ -55,30 +55,32 @@ log "generating a 4-platform image: $LAYERS x ${LAYER_MIB} MiB random layers per
     --layer-size "${LAYER_MIB}MiB" > "$TMP/images.tsv"
 SRC_DIGEST="$(awk -v r="$REPO:$TAG" '$1 == r { print $2 }' "$TMP/images.tsv")"
 IMAGE_BYTES="$(awk -v r="$REPO:$TAG" '$1 == r { print $3 }' "$TMP/images.tsv")"
-start_registry source distribution
-SRC="$ADDR"
-log "loading it into the source distribution on $SRC (skopeo copy --all)..."
-skopeo copy --all --quiet --dest-tls-verify=false "oci:$TMP/layout:$REPO:$TAG" \
-    "docker://$SRC/$REPO:$TAG" >&2
-[ "$(index_digest "$SRC" "$REPO" "$TAG")" = "$SRC_DIGEST" ] \
-    || { log "source does not serve $SRC_DIGEST"; exit 1; }
-start_registry wsource wharf
-WSRC="$ADDR"
-log "loading it into the source Wharf on $WSRC (skopeo copy --all)..."
-skopeo copy --all --quiet --dest-tls-verify=false "oci:$TMP/layout:$REPO:$TAG" \
-    "docker://$WSRC/$REPO:$TAG" >&2
-[ "$(index_digest "$WSRC" "$REPO" "$TAG")" = "$SRC_DIGEST" ] \
-    || { log "source Wharf does not serve $SRC_DIGEST"; exit 1; }
+# Starts registry NAME of KIND with the image in it (loaded by skopeo from the layout); sets ADDR.
+start_source() { # name kind
+    start_registry "$1" "$2"
+    log "loading it into the source $2 on $ADDR (skopeo copy --all)..."
+    skopeo copy --all --quiet --dest-tls-verify=false "oci:$TMP/layout:$REPO:$TAG" \
+        "docker://$ADDR/$REPO:$TAG" >&2
+    [ "$(index_digest "$ADDR" "$REPO" "$TAG")" = "$SRC_DIGEST" ] \
+        || { log "the source $2 does not serve $SRC_DIGEST"; exit 1; }
+}
+declare -A SOURCE_ADDR=()
+start_source source distribution
+SOURCE_ADDR[source]="$ADDR"
+start_source wsource wharf
+SOURCE_ADDR[wsource]="$ADDR"
 rm -rf "$TMP/layout"
 
-declare -A T=() R=()   # "case run" -> seconds / peak RSS MiB
+declare -A T=() R=() CPU=() SRC_CPU=() DST_CPU=()   # "case run" -> seconds / peak RSS MiB / CPU s
 JOBS_FLAG=()
 [ -z "${BENCH_JOBS:-}" ] || JOBS_FLAG=(--jobs "$BENCH_JOBS")
 
-run_copy() { # case run src-addr dest-kind tool
-    local case="$1" run="$2" src="$3" kind="$4" tool="$5" got
+run_copy() { # case run source-name dest-kind tool
+    local case="$1" run="$2" source="$3" kind="$4" tool="$5" got scpu0
+    local src="${SOURCE_ADDR[$source]}"
     start_registry dest "$kind"
     local dst="$ADDR"
+    scpu0="$(server_cpu "$source")"
     case "$tool" in
         wharf)
             timed "$TMP/$case.$run.log" "$WHARF_BIN" copy --all-platforms "${JOBS_FLAG[@]}" \
@@ -90,8 +92,11 @@ run_copy() { # case run src-addr dest-kind tool
     esac
     got="$(index_digest "$dst" "$REPO" "$TAG")"
     [ "$got" = "$SRC_DIGEST" ] || { log "[$case] destination serves ${got:-nothing}, not $SRC_DIGEST"; exit 1; }
-    T["$case $run"]="$SECS"; R["$case $run"]="$RSS_MIB"
-    log "[$case] run $run: $SECS s, peak RSS $RSS_MIB MiB"
+    T["$case $run"]="$SECS"; R["$case $run"]="$RSS_MIB"; CPU["$case $run"]="$CPU_S"
+    SRC_CPU["$case $run"]="$(awk -v a="$scpu0" -v b="$(server_cpu "$source")" 'BEGIN { printf "%.2f", b - a }')"
+    DST_CPU["$case $run"]="$(server_cpu dest)"
+    log "[$case] run $run: $SECS s, peak RSS $RSS_MIB MiB, CPU s tool ${CPU["$case $run"]}" \
+        "source ${SRC_CPU["$case $run"]} destination ${DST_CPU["$case $run"]}"
     drop_registry dest
 }
 
@@ -100,9 +105,9 @@ for run in $(seq 1 "$RUNS"); do
     for path in dist-dist dist-wharf wharf-wharf; do
         for tool in "${order[@]}"; do
             case "$path" in
-                dist-dist) run_copy "$tool-dist" "$run" "$SRC" distribution "$tool" ;;
-                dist-wharf) run_copy "$tool-wharf" "$run" "$SRC" wharf "$tool" ;;
-                wharf-wharf) run_copy "$tool-w2w" "$run" "$WSRC" wharf "$tool" ;;
+                dist-dist) run_copy "$tool-dist" "$run" source distribution "$tool" ;;
+                dist-wharf) run_copy "$tool-wharf" "$run" source wharf "$tool" ;;
+                wharf-wharf) run_copy "$tool-w2w" "$run" wsource wharf "$tool" ;;
             esac
         done
     done
@@ -115,7 +120,7 @@ for run in $(seq 1 "$RUNS"); do
     dst="$ADDR"
     timed "$TMP/partial.$run.log" "$WHARF_BIN" copy --platform linux/amd64 --platform linux/arm64 \
         "${JOBS_FLAG[@]}" --json --src-tls-verify=false --dest-tls-verify=false \
-        "docker://$SRC/$REPO:$TAG" "docker://$dst/$REPO:$TAG"
+        "docker://${SOURCE_ADDR[source]}/$REPO:$TAG" "docker://$dst/$REPO:$TAG"
     got="$(index_digest "$dst" "$REPO" "$TAG")"
     [ "$got" = "$SRC_DIGEST" ] || { log "[partial] destination serves ${got:-nothing}, not $SRC_DIGEST"; exit 1; }
     T["partial $run"]="$SECS"; R["partial $run"]="$RSS_MIB"
@@ -126,7 +131,7 @@ for run in $(seq 1 "$RUNS"); do
         # The same command again: nothing should move.
         timed "$TMP/partial-again.log" "$WHARF_BIN" copy --platform linux/amd64 --platform linux/arm64 \
             --json --src-tls-verify=false --dest-tls-verify=false \
-            "docker://$SRC/$REPO:$TAG" "docker://$dst/$REPO:$TAG"
+            "docker://${SOURCE_ADDR[source]}/$REPO:$TAG" "docker://$dst/$REPO:$TAG"
         AGAIN_SECS="$SECS"
         AGAIN_COPIED="$(json_field "$TMP/partial-again.log" bytes_copied)"
         log "[partial] again: $AGAIN_SECS s, copied $AGAIN_COPIED B"
@@ -141,10 +146,12 @@ printf 'sources distribution 2.8 and wharf serve, loopback, %s cores, %s, %s, me
     "$(nproc)" "$("$WHARF_BIN" --version 2>/dev/null || echo wharf)" "$(skopeo --version)" "$RUNS"
 printf 'load average at start: %s; index digest %s (checked at every destination)\n\n' \
     "$LOAD_AT_START" "$SRC_DIGEST"
-printf '%-46s %9s %7s %10s   %s\n' "copy" "median s" "MB/s" "RSS (MiB)" "all runs (s)"
+printf '%-46s %9s %7s %10s %6s %8s %8s   %s\n' "copy" "median s" "MB/s" "RSS (MiB)" "cpu" "src cpu" \
+    "dst cpu" "all runs (s)"
 line() { # label case bytes
     local m; m="$(median_runs T "$2")"
-    printf '%-46s %9s %7s %10s   %s\n' "$1" "$m" "$(mbps "$3" "$m")" "$(median_runs R "$2")" "$(all_runs "$2")"
+    printf '%-46s %9s %7s %10s %6s %8s %8s   %s\n' "$1" "$m" "$(mbps "$3" "$m")" "$(median_runs R "$2")" \
+        "$(median_runs CPU "$2")" "$(median_runs SRC_CPU "$2")" "$(median_runs DST_CPU "$2")" "$(all_runs "$2")"
 }
 line "wharf copy --all-platforms  -> distribution" wharf-dist "$IMAGE_BYTES"
 line "skopeo copy --all           -> distribution" skopeo-dist "$IMAGE_BYTES"
