@@ -170,4 +170,6 @@ pub struct QueuedEvent {
     /// Attempts so far, this one included.
     pub attempts: u32,
     pub created_at_ms: i64,
+    /// Until when this claim holds the event (it also tells this claim from a later one).
+    pub lease_until_ms: i64,
 }

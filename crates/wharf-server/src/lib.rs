@@ -143,9 +143,26 @@ pub async fn serve_with_limits(
 ) -> std::io::Result<()> {
     // Webhook events queued in the outbox are delivered by this process for as long as it
     // serves (nothing runs without [[webhooks]]).
-    let deliverer = tokio::spawn(webhooks::deliver(registry.clone(), webhooks::DeliverySettings::default()));
-    let _stop_deliverer = AbortOnDrop(deliverer);
+    let (stop_delivery, stopped) = tokio::sync::oneshot::channel();
+    let settings = webhooks::DeliverySettings::default();
+    let mut deliverer = AbortOnDrop(tokio::spawn(webhooks::deliver(registry.clone(), settings, stopped)));
     let router = router_with_mirrors(registry, auth, mirrors);
+    let served = serve_router(listener, router, tls, limits, shutdown).await;
+    // Stopping: the deliverer hands back what it claimed and did not finish (one statement
+    // per event); bounded, since the database may be what is failing.
+    let _ = stop_delivery.send(());
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), &mut deliverer.0).await;
+    served
+}
+
+/// Serve `router` on `listener`, over TLS when `tls` is given, until `shutdown`.
+async fn serve_router(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    tls: Option<TlsConfig>,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     match tls {
         None => {
             // Headers and a small body are separate writes: without TCP_NODELAY, Nagle's

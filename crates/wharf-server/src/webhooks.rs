@@ -6,7 +6,9 @@
 //! when the receiver answers 2xx, and otherwise retries it with exponential backoff and jitter
 //! up to a cap, until `max_attempts`: then the row is marked dead (kept for an operator) and
 //! counted. Delivery is at least once: a process killed between the POST and the delete sends
-//! that event again after the lease expires.
+//! that event again after the lease expires. A process that stops gracefully hands back the
+//! events it claimed and did not finish, so that another replica (or its next start) sends
+//! them at once instead of a lease later.
 //!
 //! With a `secret`, the body is signed like GitHub's webhooks:
 //! `X-Wharf-Signature-256: sha256=<hex HMAC-SHA256 of the body under the secret>`.
@@ -83,7 +85,11 @@ pub fn backoff(settings: &DeliverySettings, attempts: u32, random: u64) -> Durat
 
 /// Deliver queued events until the task is dropped. Returns at once when no webhook is
 /// configured.
-pub async fn deliver(registry: Registry, settings: DeliverySettings) {
+pub async fn deliver(
+    registry: Registry,
+    settings: DeliverySettings,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
     if registry.config().webhooks.is_empty() {
         return;
     }
@@ -97,14 +103,36 @@ pub async fn deliver(registry: Registry, settings: DeliverySettings) {
     tracing::info!(webhooks = registry.config().webhooks.len(), "webhook delivery started");
     let lease_ms = i64::try_from(settings.lease.as_millis()).unwrap_or(i64::MAX);
     loop {
-        match registry.metadata().claim_events(settings.batch, lease_ms).await {
+        let claimed = tokio::select! {
+            claimed = registry.metadata().claim_events(settings.batch, lease_ms) => claimed,
+            _ = &mut stop => return,
+        };
+        match claimed {
             Ok(batch) if !batch.is_empty() => {
-                futures_util::stream::iter(batch)
-                    .for_each_concurrent(settings.concurrency.max(1), |event| {
-                        deliver_one(&registry, &client, &settings, event)
-                    })
-                    .await;
-                continue;
+                let unfinished = std::sync::Mutex::new(batch.clone());
+                let run = futures_util::stream::iter(batch).for_each_concurrent(
+                    settings.concurrency.max(1),
+                    |event| async {
+                        let id = event.id;
+                        deliver_one(&registry, &client, &settings, event).await;
+                        unfinished.lock().expect("not poisoned").retain(|e| e.id != id);
+                    },
+                );
+                tokio::select! {
+                    _ = run => continue,
+                    _ = &mut stop => {}
+                }
+                let unfinished = unfinished.into_inner().expect("not poisoned");
+                for event in &unfinished {
+                    if let Err(e) = registry.metadata().event_released(event).await {
+                        tracing::warn!(error = %e, id = event.id, "webhooks: cannot hand back an event; it is sent once its lease runs out");
+                    }
+                }
+                tracing::debug!(
+                    events = unfinished.len(),
+                    "webhook delivery stopped; unfinished events handed back"
+                );
+                return;
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "webhooks: cannot read the outbox"),
@@ -112,6 +140,7 @@ pub async fn deliver(registry: Registry, settings: DeliverySettings) {
         tokio::select! {
             _ = tokio::time::sleep(settings.poll) => {}
             _ = registry.events_queued() => {}
+            _ = &mut stop => return,
         }
     }
 }

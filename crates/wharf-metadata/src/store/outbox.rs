@@ -53,6 +53,7 @@ impl MetadataStore {
     /// attempt. Oldest first.
     pub async fn claim_events(&self, limit: u32, lease_ms: i64) -> Result<Vec<QueuedEvent>> {
         let now = now_ms();
+        let lease_until = now.saturating_add(lease_ms);
         let skip_locked = match self.backend {
             Backend::Postgres => " FOR UPDATE SKIP LOCKED",
             Backend::Sqlite => "",
@@ -67,7 +68,7 @@ impl MetadataStore {
                AND lease_until <= $2 \
              RETURNING id, target, event, body, attempts, created_at"
         ))
-        .bind(now.saturating_add(lease_ms))
+        .bind(lease_until)
         .bind(now)
         .bind(i64::from(limit))
         .fetch_all(&self.write)
@@ -84,6 +85,7 @@ impl MetadataStore {
                     attempts: u32::try_from(attempts)
                         .map_err(|_| MetadataError::Corrupt(format!("event attempts {attempts}")))?,
                     created_at_ms: r.try_get("created_at")?,
+                    lease_until_ms: lease_until,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -94,6 +96,20 @@ impl MetadataStore {
     /// The receiver took the event: it leaves the queue.
     pub async fn event_delivered(&self, id: i64) -> Result<()> {
         sqlx::query("DELETE FROM webhook_outbox WHERE id = $1").bind(id).execute(&self.write).await?;
+        Ok(())
+    }
+
+    /// This process stops before it finished with a claimed event: make it due again now
+    /// rather than when the lease runs out, unless the claim is no longer this one (its
+    /// outcome was recorded, or the lease ran out and another deliverer holds it).
+    pub async fn event_released(&self, event: &QueuedEvent) -> Result<()> {
+        sqlx::query(
+            "UPDATE webhook_outbox SET lease_until = 0 WHERE id = $1 AND lease_until = $2 AND dead = 0",
+        )
+        .bind(event.id)
+        .bind(event.lease_until_ms)
+        .execute(&self.write)
+        .await?;
         Ok(())
     }
 

@@ -1,7 +1,8 @@
 //! `[[webhooks]]`: signed push and delete events in distribution's envelope reach a receiver
 //! the test runs on loopback; a pattern filters; events queued while the receiver is down
 //! arrive once it is back; an event queued before a restart is delivered by the next server
-//! on the same data; two replicas sharing a PostgreSQL outbox deliver each event exactly once.
+//! on the same data, and one a server was delivering when it stopped is handed back at once;
+//! two replicas sharing a PostgreSQL outbox deliver each event exactly once.
 //! SQLite and PostgreSQL (the replica setup needs Garage, which these tests do not need: the
 //! outbox lives in the metadata store, so two servers on one schema are the replicas here).
 
@@ -368,6 +369,48 @@ async fn an_event_survives_a_restart(backend: Backend) {
     first_meta.drop_isolated_schema().await.unwrap();
 }
 
+/// A server stopped while it is delivering hands the event back: the next deliverer (another
+/// replica, or the next start) can claim it at once, not after the stopped one's lease.
+async fn a_stopping_server_hands_back_what_it_was_delivering(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    // A receiver that takes the connection and never answers: the delivery stays under way.
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = hung.local_addr().unwrap();
+    let (accepted, reached) = tokio::sync::oneshot::channel();
+    let holder = tokio::spawn(async move {
+        let (conn, _) = hung.accept().await.unwrap();
+        let _ = accepted.send(());
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        drop(conn);
+    });
+    let cfg = config(vec![hook(format!("http://{addr}/hook"), &[EventKind::Push], None, None)]);
+    let meta = match backend {
+        Backend::Postgres => MetadataStore::connect_postgres_isolated(&postgres_url())
+            .await
+            .expect("PostgreSQL must be reachable for the postgres tests (set WHARF_TEST_POSTGRES)"),
+        _ => MetadataStore::connect(&format!("sqlite://{}?mode=rwc", dir.path().join("meta.db").display()))
+            .await
+            .unwrap(),
+    };
+    let blobs = BlobStore::open(dir.path().join("storage")).await.unwrap();
+    let server = own_server(Registry::new(blobs, meta.clone(), cfg)).await;
+    let pushed = push_to(&server.base, "team/app", "v1", "hand back").await;
+    tokio::time::timeout(PATIENCE, reached).await.expect("the delivery reached the receiver").unwrap();
+    let _ = server.stop.send(());
+    server.task.await.unwrap();
+
+    // What the next deliverer finds: the event, due now (a claim of the stopped server would
+    // keep it from everyone for its 60 s lease).
+    let claimed = meta.claim_events(10, 60_000).await.unwrap();
+    assert_eq!(claimed.len(), 1, "the event is still held by the stopped server");
+    assert!(claimed[0].body.contains(&pushed.to_string()), "{}", claimed[0].body);
+    assert_eq!(claimed[0].attempts, 2, "the interrupted attempt counts");
+    holder.abort();
+    if matches!(backend, Backend::Postgres) {
+        meta.drop_isolated_schema().await.unwrap();
+    }
+}
+
 /// Two replicas on one PostgreSQL schema (two pools, one blob directory) each run a delivery
 /// task over the shared outbox. Events queued through both while the receiver is down are all
 /// due at once when it comes back, so both tasks race for every row: each event must arrive
@@ -451,4 +494,5 @@ sqlite_and_postgres!(
     signed_push_and_delete_events_arrive,
     events_wait_while_the_receiver_is_down,
     an_event_survives_a_restart,
+    a_stopping_server_hands_back_what_it_was_delivering,
 );
