@@ -83,8 +83,8 @@ pub fn backoff(settings: &DeliverySettings, attempts: u32, random: u64) -> Durat
     half + Duration::from_millis(if spread == 0 { 0 } else { random % (spread + 1) })
 }
 
-/// Deliver queued events until the task is dropped. Returns at once when no webhook is
-/// configured.
+/// Deliver queued events until `stop` fires (then hand back the unfinished ones) or the task
+/// is dropped. Returns at once when no webhook is configured.
 pub async fn deliver(
     registry: Registry,
     settings: DeliverySettings,
@@ -103,11 +103,9 @@ pub async fn deliver(
     tracing::info!(webhooks = registry.config().webhooks.len(), "webhook delivery started");
     let lease_ms = i64::try_from(settings.lease.as_millis()).unwrap_or(i64::MAX);
     loop {
-        let claimed = tokio::select! {
-            claimed = registry.metadata().claim_events(settings.batch, lease_ms) => claimed,
-            _ = &mut stop => return,
-        };
-        match claimed {
+        // Not raced against `stop`: a claim dropped after its commit would hold its rows for
+        // the lease. A stop during the claim is seen just below, and the rows handed back.
+        match registry.metadata().claim_events(settings.batch, lease_ms).await {
             Ok(batch) if !batch.is_empty() => {
                 let unfinished = std::sync::Mutex::new(batch.clone());
                 let run = futures_util::stream::iter(batch).for_each_concurrent(
