@@ -661,13 +661,13 @@ impl Registry {
         self.wake_deliverer(&events);
         // After the commit: a reader that saw the old tag cannot fill the cache any more, and
         // a tag that moved is not served from any replica's lease on where it was.
-        let signed = signed_subject(&manifest, tag);
-        if let Some(signed) = &signed {
-            self.inner.trust_cache.signature_pushed(repo, signed);
-        }
         // A signature in a `[[trust]]` repository changes what replicas allow: as a tag move,
-        // answered once no replica decides by a verdict from before it.
-        let changes_verdicts = signed.is_some() && self.trust_rule(repo).is_some();
+        // answered once no replica decides by a verdict from before it. Elsewhere no verdict
+        // is kept, and none under way is dropped for it.
+        let changes_verdicts = signed_subject(&manifest, tag).is_some() && self.trust_rule(repo).is_some();
+        if changes_verdicts {
+            self.inner.trust_cache.forget_repo(repo);
+        }
         self.invalidate(repo);
         if put.tag_moved || changes_verdicts {
             self.outlast_replica_leases().await;
@@ -798,7 +798,9 @@ impl Registry {
                 deleted
             }
         };
-        self.inner.trust_cache.forget_repo(repo);
+        if self.trust_rule(repo).is_some() {
+            self.inner.trust_cache.forget_repo(repo);
+        }
         self.invalidate(repo);
         if !deleted {
             return Err(self.manifest_unknown(repo, reference).await?);

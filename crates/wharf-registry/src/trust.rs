@@ -10,8 +10,9 @@
 //!   the signed index pins its children by digest, and `docker`/`podman` pull a platform by
 //!   the digest the index names. A child with its own valid signature is served too.
 //! - Verdicts are cached per (repository, digest): a pull does not re-read signatures each
-//!   time. Pushing a signature or referrer, or deleting anything, invalidates at once in this
-//!   process. On SQLite that is everything (entries still expire: a valid one after
+//!   time. Pushing a signature or referrer, or deleting anything, in a `[[trust]]` repository
+//!   forgets all of that repository's verdicts at once in this process (a child's verdict rests
+//!   on its index's signature, which a pushed signature tag may replace). On SQLite that is everything (entries still expire: a valid one after
 //!   [`VALID_TTL`], a refusal after [`REFUSED_TTL`]). On PostgreSQL other replicas push and
 //!   delete signatures too: a verdict is a lease of
 //!   [`MetadataStore::replica_lease`](wharf_metadata::MetadataStore::replica_lease) counted from
@@ -97,15 +98,9 @@ impl TrustCache {
         entries.insert((repo.clone(), digest.clone()), ((verdict, read.began()), until));
     }
 
-    /// A signature for `subject` arrived: its verdict, and every refusal in the repository
-    /// (children follow their index), are out of date.
-    pub(crate) fn signature_pushed(&self, repo: &RepoName, subject: &Digest) {
-        let mut entries = self.entries.lock().expect("not poisoned");
-        self.freshness.invalidate();
-        entries.retain(|(r, d), ((verdict, _), _)| r != repo || (d != subject && verdict.is_none()));
-    }
-
-    /// Something was deleted (perhaps a signature): forget the repository's verdicts.
+    /// A signature arrived or something was deleted in `repo` (a `[[trust]]` repository):
+    /// forget its verdicts. All of them: a child's verdict rests on its index's signature,
+    /// which a pushed signature tag may have replaced, and refusals may now verify.
     pub(crate) fn forget_repo(&self, repo: &RepoName) {
         let mut entries = self.entries.lock().expect("not poisoned");
         self.freshness.invalidate();
@@ -358,14 +353,14 @@ mod tests {
         c.put(&repo, &a, Some("unsigned".into()), read);
         c.put(&repo, &b, None, read);
         assert_eq!(c.get(&repo, &a), Some((Some("unsigned".into()), read.began())));
-        c.signature_pushed(&repo, &b);
-        // The refusal is dropped (a new signature may change it), and the signed subject too.
+        let other: RepoName = "prod/other".parse().unwrap();
+        c.put(&other, &b, None, c.read_start());
+        // A signature pushed (or anything deleted): the refusal may now verify, and a valid
+        // verdict may rest on a signature that was replaced.
+        c.forget_repo(&repo);
         assert_eq!(c.get(&repo, &a), None);
         assert_eq!(c.get(&repo, &b), None);
-        c.put(&repo, &b, None, c.read_start());
-        assert!(c.get(&repo, &b).is_some());
-        c.forget_repo(&repo);
-        assert_eq!(c.get(&repo, &b), None);
+        assert!(c.get(&other, &b).is_some(), "other repositories keep theirs");
     }
 
     #[test]
@@ -378,7 +373,7 @@ mod tests {
         c.put(&repo, &a, None, read);
         assert_eq!(c.get(&repo, &a), None, "a valid verdict outlived the delete of its signature");
         let read = c.read_start();
-        c.signature_pushed(&repo, &Digest::sha256_of(b"other"));
+        c.forget_repo(&repo); // a signature is pushed meanwhile
         c.put(&repo, &a, Some("unsigned".into()), read);
         assert_eq!(c.get(&repo, &a), None, "a refusal outlived a signature push");
     }
