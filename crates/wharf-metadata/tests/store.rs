@@ -717,6 +717,19 @@ async fn webhook_outbox_leases_retries_and_dead_events(ctx: &Ctx) {
     s.event_retry(again[0].id, 0, "x").await.unwrap();
     assert_eq!(s.claim_events(10, -1).await.unwrap().len(), 1);
     assert_eq!(other.claim_events(10, 60_000).await.unwrap().len(), 1);
+
+    // A deliverer that stops hands back what it claimed: due at once, an attempt it never
+    // made not counted; a claim that is no longer its own is left alone.
+    s.enqueue_events(&[event(4), event(5)]).await.unwrap();
+    let mine = s.claim_events(10, 60_000).await.unwrap();
+    assert_eq!(mine.len(), 2);
+    s.event_released(&mine[0], true).await.unwrap();
+    s.event_released(&mine[1], false).await.unwrap();
+    let next = other.claim_events(10, 60_000).await.unwrap();
+    let attempts: Vec<(i64, u32)> = next.iter().map(|e| (e.id, e.attempts)).collect();
+    assert_eq!(attempts, [(mine[0].id, 2), (mine[1].id, 1)]);
+    s.event_released(&mine[0], false).await.unwrap();
+    assert!(s.claim_events(10, 60_000).await.unwrap().is_empty(), "the other deliverer's claim stands");
     other.close().await;
 }
 

@@ -46,6 +46,9 @@ pub struct DeliverySettings {
     pub batch: u32,
     /// Deliveries in flight at once (one slow receiver does not hold the others up for long).
     pub concurrency: usize,
+    /// After a stop, how long deliveries under way may still finish (a receiver that has the
+    /// POST may be about to answer) before the rest is handed back.
+    pub drain: Duration,
 }
 
 impl Default for DeliverySettings {
@@ -60,6 +63,7 @@ impl Default for DeliverySettings {
             // `timeout`), so that no row's lease runs out while it waits its turn here.
             lease: Duration::from_secs(60),
             batch: 16,
+            drain: Duration::from_secs(2),
             concurrency: 8,
         }
     }
@@ -103,26 +107,43 @@ pub async fn deliver(
     tracing::info!(webhooks = registry.config().webhooks.len(), "webhook delivery started");
     let lease_ms = i64::try_from(settings.lease.as_millis()).unwrap_or(i64::MAX);
     loop {
+        // A stop is checked between batches too, so no batch is claimed after it.
+        if !matches!(stop.try_recv(), Err(tokio::sync::oneshot::error::TryRecvError::Empty)) {
+            return;
+        }
         // Not raced against `stop`: a claim dropped after its commit would hold its rows for
         // the lease. A stop during the claim is seen just below, and the rows handed back.
         match registry.metadata().claim_events(settings.batch, lease_ms).await {
             Ok(batch) if !batch.is_empty() => {
                 let unfinished = std::sync::Mutex::new(batch.clone());
+                let started = std::sync::Mutex::new(std::collections::HashSet::new());
+                let stopping = std::sync::atomic::AtomicBool::new(false);
                 let run = futures_util::stream::iter(batch).for_each_concurrent(
                     settings.concurrency.max(1),
                     |event| async {
+                        if stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                            return; // not started: handed back below
+                        }
                         let id = event.id;
+                        started.lock().expect("not poisoned").insert(id);
                         deliver_one(&registry, &client, &settings, event).await;
                         unfinished.lock().expect("not poisoned").retain(|e| e.id != id);
                     },
                 );
+                let mut run = std::pin::pin!(run);
                 tokio::select! {
-                    _ = run => continue,
+                    biased;
                     _ = &mut stop => {}
+                    _ = &mut run => continue,
                 }
-                let unfinished = unfinished.into_inner().expect("not poisoned");
+                stopping.store(true, std::sync::atomic::Ordering::Relaxed);
+                let _ = tokio::time::timeout(settings.drain, &mut run).await;
+                let unfinished = std::mem::take(&mut *unfinished.lock().expect("not poisoned"));
+                let started = std::mem::take(&mut *started.lock().expect("not poisoned"));
                 for event in &unfinished {
-                    if let Err(e) = registry.metadata().event_released(event).await {
+                    if let Err(e) =
+                        registry.metadata().event_released(event, started.contains(&event.id)).await
+                    {
                         tracing::warn!(error = %e, id = event.id, "webhooks: cannot hand back an event; it is sent once its lease runs out");
                     }
                 }
@@ -136,9 +157,10 @@ pub async fn deliver(
             Err(e) => tracing::warn!(error = %e, "webhooks: cannot read the outbox"),
         }
         tokio::select! {
+            biased;
+            _ = &mut stop => return,
             _ = tokio::time::sleep(settings.poll) => {}
             _ = registry.events_queued() => {}
-            _ = &mut stop => return,
         }
     }
 }

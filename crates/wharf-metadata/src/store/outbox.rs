@@ -101,13 +101,16 @@ impl MetadataStore {
 
     /// This process stops before it finished with a claimed event: make it due again now
     /// rather than when the lease runs out, unless the claim is no longer this one (its
-    /// outcome was recorded, or the lease ran out and another deliverer holds it).
-    pub async fn event_released(&self, event: &QueuedEvent) -> Result<()> {
+    /// outcome was recorded, or the lease ran out and another deliverer holds it). An event
+    /// that was never `attempted` does not keep the attempt its claim counted.
+    pub async fn event_released(&self, event: &QueuedEvent, attempted: bool) -> Result<()> {
         sqlx::query(
-            "UPDATE webhook_outbox SET lease_until = 0 WHERE id = $1 AND lease_until = $2 AND dead = 0",
+            "UPDATE webhook_outbox SET lease_until = 0, attempts = attempts - $3 \
+             WHERE id = $1 AND lease_until = $2 AND dead = 0",
         )
         .bind(event.id)
         .bind(event.lease_until_ms)
+        .bind(i64::from(!attempted))
         .execute(&self.write)
         .await?;
         Ok(())
