@@ -339,11 +339,16 @@ impl Drop for AddressSlot {
 async fn refuse<T: AsyncRead + AsyncWrite + Unpin>(mut io: T, permit: tokio::sync::OwnedSemaphorePermit) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let _permit = permit;
-    const BODY: &str = r#"{"errors":[{"code":"TOOMANYREQUESTS","message":"this address holds as many connections as the registry allows one client; close one and retry","detail":null}]}"#;
+    let body = crate::error::ApiError::new(
+        axum::http::StatusCode::TOO_MANY_REQUESTS,
+        wharf_oci::ErrorCode::TooManyRequests,
+        "this address holds as many connections as the registry allows one client; close one and retry",
+    )
+    .body();
     let answer = format!(
         "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-         retry-after: 1\r\nconnection: close\r\n\r\n{BODY}",
-        BODY.len()
+         retry-after: 1\r\nconnection: close\r\n\r\n{body}",
+        body.len()
     );
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
         io.write_all(answer.as_bytes()).await?;

@@ -45,6 +45,11 @@ impl ApiError {
     pub fn unsupported(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::METHOD_NOT_ALLOWED, ErrorCode::Unsupported, message)
     }
+
+    /// The spec's JSON body, `{"errors":[…]}`.
+    pub fn body(&self) -> String {
+        serde_json::json!({ "errors": self.errors }).to_string()
+    }
 }
 
 /// The LDAP directory could not check a password (down, slower than its timeout, refusing
@@ -156,8 +161,7 @@ fn disk_full(e: &RegistryError) -> ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "errors": self.errors });
-        let mut resp = (self.status, body.to_string()).into_response();
+        let mut resp = (self.status, self.body()).into_response();
         resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let Some(secs) = self.retry_after {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
