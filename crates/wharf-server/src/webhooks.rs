@@ -115,43 +115,10 @@ pub async fn deliver(
         // the lease. A stop during the claim is seen just below, and the rows handed back.
         match registry.metadata().claim_events(settings.batch, lease_ms).await {
             Ok(batch) if !batch.is_empty() => {
-                let unfinished = std::sync::Mutex::new(batch.clone());
-                let started = std::sync::Mutex::new(std::collections::HashSet::new());
-                let stopping = std::sync::atomic::AtomicBool::new(false);
-                let run = futures_util::stream::iter(batch).for_each_concurrent(
-                    settings.concurrency.max(1),
-                    |event| async {
-                        if stopping.load(std::sync::atomic::Ordering::Relaxed) {
-                            return; // not started: handed back below
-                        }
-                        let id = event.id;
-                        started.lock().expect("not poisoned").insert(id);
-                        deliver_one(&registry, &client, &settings, event).await;
-                        unfinished.lock().expect("not poisoned").retain(|e| e.id != id);
-                    },
-                );
-                let mut run = std::pin::pin!(run);
-                tokio::select! {
-                    biased;
-                    _ = &mut stop => {}
-                    _ = &mut run => continue,
+                if deliver_batch(&registry, &client, &settings, batch, &mut stop).await {
+                    return;
                 }
-                stopping.store(true, std::sync::atomic::Ordering::Relaxed);
-                let _ = tokio::time::timeout(settings.drain, &mut run).await;
-                let unfinished = std::mem::take(&mut *unfinished.lock().expect("not poisoned"));
-                let started = std::mem::take(&mut *started.lock().expect("not poisoned"));
-                for event in &unfinished {
-                    if let Err(e) =
-                        registry.metadata().event_released(event, started.contains(&event.id)).await
-                    {
-                        tracing::warn!(error = %e, id = event.id, "webhooks: cannot hand back an event; it is sent once its lease runs out");
-                    }
-                }
-                tracing::debug!(
-                    events = unfinished.len(),
-                    "webhook delivery stopped; unfinished events handed back"
-                );
-                return;
+                continue;
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "webhooks: cannot read the outbox"),
@@ -163,6 +130,51 @@ pub async fn deliver(
             _ = registry.events_queued() => {}
         }
     }
+}
+
+/// Deliver a claimed batch; `true` when `stop` fired meanwhile. Then deliveries under way get
+/// `settings.drain` to finish, and every event not finished is handed back (one whose POST
+/// never started without the attempt its claim counted).
+async fn deliver_batch(
+    registry: &Registry,
+    client: &reqwest::Client,
+    settings: &DeliverySettings,
+    batch: Vec<QueuedEvent>,
+    stop: &mut tokio::sync::oneshot::Receiver<()>,
+) -> bool {
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    // Each claimed event until its outcome is recorded, and whether its POST started.
+    let pending: std::sync::Mutex<std::collections::HashMap<i64, (QueuedEvent, bool)>> =
+        std::sync::Mutex::new(batch.iter().map(|e| (e.id, (e.clone(), false))).collect());
+    let stopping = AtomicBool::new(false);
+    let run =
+        futures_util::stream::iter(batch).for_each_concurrent(settings.concurrency.max(1), |event| async {
+            if stopping.load(Relaxed) {
+                return; // not started: handed back below
+            }
+            let id = event.id;
+            if let Some((_, started)) = pending.lock().expect("not poisoned").get_mut(&id) {
+                *started = true;
+            }
+            deliver_one(registry, client, settings, event).await;
+            pending.lock().expect("not poisoned").remove(&id);
+        });
+    let mut run = std::pin::pin!(run);
+    tokio::select! {
+        biased;
+        _ = &mut *stop => {}
+        _ = &mut run => return false,
+    }
+    stopping.store(true, Relaxed);
+    let _ = tokio::time::timeout(settings.drain, &mut run).await;
+    let unfinished = std::mem::take(&mut *pending.lock().expect("not poisoned"));
+    for (event, started) in unfinished.values() {
+        if let Err(e) = registry.metadata().event_released(event, *started).await {
+            tracing::warn!(error = %e, id = event.id, "webhooks: cannot hand back an event; it is sent once its lease runs out");
+        }
+    }
+    tracing::debug!(events = unfinished.len(), "webhook delivery stopped; unfinished events handed back");
+    true
 }
 
 async fn deliver_one(
